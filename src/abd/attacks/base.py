@@ -31,7 +31,9 @@ class Trigger(ABC):
 
     def __init__(self, image_size: int = 32, channels: int = 3, seed: int = 0) -> None:
         if image_size < 4 or channels not in (1, 3):
-            raise ValueError(f"trigger needs image_size >= 4 and 1 or 3 channels, got {image_size}, {channels}")
+            raise ValueError(
+                f"trigger needs image_size >= 4 and 1 or 3 channels, got {image_size}, {channels}"
+            )
         self.image_size, self.channels, self.seed = image_size, channels, seed
 
     @abstractmethod

@@ -74,9 +74,13 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def seeded_split(n: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, stratification-free split of ``range(n)`` into train and test indices."""
+    """A fixed split of ``range(n)`` into (shuffled) train and (sorted) test indices.
+
+    The train order is a seeded permutation, so "the first N images" (poisoning) is a random sample
+    even when the source file is sorted by class.
+    """
     perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+    return perm[n_test:], np.sort(perm[:n_test])
 
 
 def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> ImageDataset:

@@ -16,7 +16,8 @@ def create_model(
     name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs
 ) -> nn.Module:
     """Build a registered classifier for inputs of shape (N, in_channels, image_size, image_size)."""
-    model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    factory = MODELS.get(name)
+    model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     model.arch = {"name": name, "num_classes": num_classes, "in_channels": in_channels,
                   "image_size": image_size, **kwargs}
     return model

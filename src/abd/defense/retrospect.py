@@ -1,0 +1,167 @@
+"""Self-Retrospection (SR), Hong et al. ICML 2023, SPEC section 6.
+
+Late in distillation the student synthesizes the trigger it may have learned, as a batch-universal
+perturbation delta that most changes predictions, and unlearns it: the student is made insensitive to
+delta through an implicit hypergradient (I-BAU, Zeng et al. ICLR 2022) that accounts for how delta
+itself depends on the student's weights. No labels are needed: the student's own clean prediction is
+the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from abd.defense.hypergrad import fixed_point_hypergrad
+from abd.distill.losses import kl_mean
+
+Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (target logits, logits) -> scalar
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers use batch statistics as usual but leave their running statistics unchanged."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom, nbt in saved:
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+
+
+class SelfRetrospection:
+    """Trigger synthesis + unlearning on the student's optimizer step.
+
+    Args:
+        student: the student being distilled (its ``.grad`` receives the unlearning hypergradient).
+        teacher: the teacher, used to synthesize delta when ``pert_model="teacher"``.
+        pert_model: "teacher" (paper sweeps, CMI/OOD) or "student" (ZSKT code default).
+        inner_rounds: Adam iterations of the perturbation synthesis (paper: 10 or 20).
+        pert_lr: Adam learning rate of delta (paper: 0.1), in normalized-pixel units.
+        l2: weight of ||delta||^2 in the inner objective (paper: 0.001).
+        inner_step: step size of the fixed-point map Phi(delta) = delta - inner_step * grad L_in (paper: 0.1).
+        k: Neumann / fixed-point iterations of the hypergradient (paper: 5).
+        out_portion: fraction of the batch patched with delta in the outer loss (paper: 0.02; at least 1).
+        weight: scale of the unlearning gradient (paper: 1, simply summed with the KD gradient).
+        hypergrad: the implicit-hypergradient variant (True) or the simpler adversarial-KL one (SPEC 6.3).
+        radius: L2 radius of delta in the non-hypergradient variant (paper: 10).
+        divergence: D(target_logits, logits), teacher-first KL in the KD method's reduction.
+
+    Usage in any KD loop, in the final phase of training:
+
+    >>> sr = SelfRetrospection(student, teacher)
+    >>> opt.zero_grad(); extra = sr.step(x)   # adds the unlearning hypergradient to student .grad
+    >>> (kd_loss + extra).backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        pert_model: str = "teacher",
+        inner_rounds: int = 10,
+        pert_lr: float = 0.1,
+        l2: float = 1e-3,
+        inner_step: float = 0.1,
+        k: int = 5,
+        out_portion: float = 0.02,
+        weight: float = 1.0,
+        hypergrad: bool = True,
+        radius: float = 10.0,
+        divergence: Divergence = kl_mean,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if pert_model not in ("teacher", "student"):
+            raise ValueError(f"pert_model must be 'teacher' or 'student', got {pert_model!r}")
+        if pert_model == "teacher" and teacher is None:
+            raise ValueError("pert_model='teacher' needs the teacher")
+        self.student, self.teacher, self.pert_model = student, teacher, pert_model
+        self.inner_rounds, self.pert_lr, self.l2, self.inner_step = inner_rounds, pert_lr, l2, inner_step
+        self.k, self.out_portion, self.weight = k, out_portion, weight
+        self.hypergrad, self.radius, self.divergence = hypergrad, radius, divergence
+        self.generator = generator
+        self.last_delta: torch.Tensor | None = None
+
+    def synthesize(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output."""
+        model = self.teacher if self.pert_model == "teacher" else self.student
+        was = model.training
+        if self.pert_model == "teacher":
+            model.eval()
+        x = x.detach()
+        delta = torch.zeros(1, *x.shape[1:], device=x.device, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.pert_lr)
+        params = [p for p in model.parameters() if p.requires_grad]
+        req = [p.requires_grad for p in params]
+        for p in params:  # grads only for delta; model .grad stays untouched
+            p.requires_grad_(False)
+        try:
+            with frozen_bn_stats(model), torch.no_grad():
+                target = model(x)
+            for _ in range(self.inner_rounds):
+                with frozen_bn_stats(model):
+                    loss = -self.divergence(target, model(x + delta))
+                if self.hypergrad:
+                    loss = loss + self.l2 * delta.pow(2).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        finally:
+            for p, r in zip(params, req):
+                p.requires_grad_(r)
+            model.train(was)
+        return delta.detach()
+
+    def unlearning_grads(self, x: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]:
+        """Hypergradient of the outer unlearning loss w.r.t. the student's trainable parameters."""
+        x = x.detach()
+        names = [n for n, p in self.student.named_parameters() if p.requires_grad]
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        buffers = dict(self.student.named_buffers())
+
+        def f(theta, inp):
+            return functional_call(self.student, ({**dict(zip(names, theta)), **buffers}), (inp,))
+
+        n_out = max(1, int(len(x) * self.out_portion))
+        idx = torch.randperm(len(x), generator=self.generator)[:n_out].to(x.device)
+        patch = torch.zeros(len(x), 1, 1, 1, device=x.device)
+        patch[idx] = 1.0
+
+        with frozen_bn_stats(self.student):
+            clean_ref = f(params, x).detach()
+
+            def inner_map(w, theta):
+                l_in = -self.divergence(clean_ref, f(theta, x + w)) + self.l2 * w.pow(2).sum()
+                g = torch.autograd.grad(l_in, w, create_graph=True)[0]
+                return w - self.inner_step * g
+
+            def outer_loss(w, theta):
+                return self.divergence(clean_ref, f(theta, x + patch * w))
+
+            return fixed_point_hypergrad(params, delta, inner_map, outer_loss, k=self.k)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One SR step on batch `x`: call after ``optimizer.zero_grad()``; returns a loss to add to the KD
+        loss (zero for the hypergradient variant, whose gradient is accumulated into ``.grad`` here)."""
+        delta = self.synthesize(x)
+        if not self.hypergrad:
+            delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
+            self.last_delta = delta
+            return 0.5 * self.divergence(self.student(x), self.student(x + delta)) * self.weight
+        self.last_delta = delta
+        grads = self.unlearning_grads(x, delta)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        for p, g in zip(params, grads):
+            g = g.detach() * self.weight
+            p.grad = g.clone() if p.grad is None else p.grad + g
+        return x.new_zeros(())

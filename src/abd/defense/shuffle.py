@@ -1,0 +1,229 @@
+"""Shuffling Vaccine (SV), Hong et al. ICML 2023, SPEC section 5.
+
+Copies of the teacher whose last conv layers have their input channels randomly permuted (randomized
+channel shuffling, Cai et al. NeurIPS 2022) lose clean features but keep the few-channel shortcut a
+backdoor relies on: where the shuffled ensemble still agrees with the teacher, the input is backdoor-like.
+SV (i) flags such inputs, (ii) steers synthesis away from them, and (iii) tells whether the teacher holds
+a low-divergence tail at all (vaccine verification), which also audits the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from abd.distill.losses import kl_elementwise
+
+
+def shufflable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv",)) -> list[tuple[str, nn.Module]]:
+    """Layers whose input channels can be permuted, chosen by module type, in registration order.
+
+    ``kinds`` may hold "conv" (Conv2d, groups=1) and "linear"; layers with a single input channel are
+    skipped, since permuting one channel changes nothing.
+    """
+    out = []
+    for name, m in model.named_modules():
+        if "conv" in kinds and isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels > 1:
+            out.append((name, m))
+        elif "linear" in kinds and isinstance(m, nn.Linear) and m.in_features > 1:
+            out.append((name, m))
+    return out
+
+
+def select_layers(layers: list, n_layers: int) -> list:
+    """The last ``n`` layers (n > 0), the first ``|n|`` (n < 0) or none (n = 0)."""
+    if n_layers == 0 or not layers:
+        return []
+    return layers[-n_layers:] if n_layers > 0 else layers[: -n_layers]
+
+
+@torch.no_grad()
+def shuffle_input_channels(layer: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Permute the input-channel axis of `layer`'s weight in place; return the permutation."""
+    w = layer.weight
+    perm = torch.randperm(w.shape[1], generator=generator).to(w.device)
+    w.copy_(w[:, perm])
+    return perm
+
+
+@dataclass
+class VaccineReport:
+    """Outcome of vaccine verification: tail ratios per trial and whether SV was switched on."""
+
+    trials: list[float] = field(default_factory=list)
+    active: bool = False
+    n_samples: int = 0
+
+    def to_dict(self) -> dict:
+        return {"tail_ratios": self.trials, "active": self.active, "n_samples": self.n_samples}
+
+
+class ShufflingVaccine(nn.Module):
+    """The shuffled-teacher ensemble and the SV loss terms.
+
+    Args:
+        teacher: the (possibly backdoored) teacher; it is not modified.
+        n_copies: shuffled copies in the ensemble (paper: 3).
+        n_layers: shuffle the last n shufflable layers (paper: 5 = all of WRN-16-2's group 3; a LeNet has
+            only one multi-channel conv, so the default 1 shuffles it).
+        kinds: layer types that may be shuffled ("conv", "linear").
+        coef: lambda, the weight of the SV term (paper: 0.1).
+        tail_std: verification threshold in standard deviations of log10 d (paper: 3).
+        tail_ratio: verification succeeds when more than this fraction of samples is in the low tail
+            (paper: 0.02).
+        max_trials: re-shuffles tried before SV gives up (paper: 8).
+        shuffle_grad: let gradients flow through the shuffled ensemble (paper default).
+
+    Usage in any KD loop (the synthesis loss is minimized by the generator):
+
+    >>> sv = ShufflingVaccine(teacher)
+    >>> loss_g = -kl_mean(teacher(x), student(x)) + sv.penalty(x)
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        n_copies: int = 3,
+        n_layers: int = 1,
+        kinds: tuple[str, ...] = ("conv",),
+        coef: float = 0.1,
+        tail_std: float = 3.0,
+        tail_ratio: float = 0.02,
+        max_trials: int = 8,
+        shuffle_grad: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.coef, self.tail_std, self.tail_ratio = coef, tail_std, tail_ratio
+        self.max_trials, self.shuffle_grad = max_trials, shuffle_grad
+        self.n_layers, self.kinds = n_layers, tuple(kinds)
+        self.rng = torch.Generator().manual_seed(seed)
+        self.copies = nn.ModuleList(copy.deepcopy(teacher).eval() for _ in range(n_copies))
+        for c in self.copies:
+            c.requires_grad_(False)
+        if not select_layers(shufflable_layers(self.copies[0], self.kinds), n_layers):
+            raise ValueError(
+                f"{type(teacher).__name__} has no shufflable {'/'.join(kinds)} layer with more than one "
+                "input channel: the Shuffling Vaccine cannot be built for it"
+            )
+        self.enabled = True  # False after failed verification (coef is then effectively 0)
+        self.reshuffle()
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [n for n, _ in select_layers(shufflable_layers(self.copies[0], self.kinds), self.n_layers)]
+
+    def reshuffle(self) -> None:
+        """Draw new permutations for every selected layer of every copy (on top of the current ones)."""
+        for c in self.copies:
+            for _, layer in select_layers(shufflable_layers(c, self.kinds), self.n_layers):
+                shuffle_input_channels(layer, self.rng)
+
+    def train(self, mode: bool = True) -> ShufflingVaccine:  # copies and teacher stay in eval mode
+        super().train(mode)
+        self.copies.eval()
+        return self
+
+    def ensemble_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """T~(x): the mean of the shuffled copies' logits."""
+        return torch.stack([c(x) for c in self.copies]).mean(0)
+
+    def _teacher(self, x: torch.Tensor, t_logits: torch.Tensor | None) -> torch.Tensor:
+        if t_logits is not None:
+            return t_logits
+        was = self.teacher.training
+        self.teacher.eval()
+        out = self.teacher(x)
+        self.teacher.train(was)
+        return out
+
+    def divergence(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d, mask): d_i = mean over classes of KL(p_T || p_T~) and m_i = [argmax T~ = argmax T]."""
+        t = self._teacher(x, t_logits)
+        if self.shuffle_grad:
+            ts = self.ensemble_logits(x)
+        else:
+            with torch.no_grad():
+                ts = self.ensemble_logits(x)
+        d = kl_elementwise(t, ts).mean(1)
+        mask = (ts.argmax(1) == t.argmax(1)).float().detach()
+        return d, mask
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Suspicion score per input: -log10 d (higher = shuffled copies agree more = more backdoor-like)."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            d, _ = self.divergence(x[i : i + batch_size])
+            out.append(-torch.log10(d.clamp_min(1e-12)))
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def flag(self, x: torch.Tensor) -> torch.Tensor:
+        """The suspicion mask m (bool) for a batch."""
+        return self.divergence(x)[1].bool()
+
+    def regularizer(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """R = sum_i m_i d_i / sum_i m_i (0 if nothing is flagged), and stats for logging."""
+        d, m = self.divergence(x, t_logits)
+        n = m.sum()
+        r = (m * d).sum() / n if n > 0 else d.sum() * 0.0
+        return r, {"sv_flagged": float(n) / len(m), "sv_r": float(r.detach())}
+
+    def penalty(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The term to add to a synthesis loss: -lambda * R (zero while SV is off)."""
+        if not self.enabled or self.coef == 0:
+            return x.new_zeros(())
+        return -self.coef * self.regularizer(x, t_logits)[0]
+
+    def student_loss(self, per_sample: torch.Tensor, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        """SV for KD on fixed data (SPEC 5.4): mean over kept samples minus lambda * mean over flagged ones."""
+        if not self.enabled or self.coef == 0:
+            return per_sample.mean()
+        with torch.no_grad():
+            _, m = self.divergence(x, t_logits)
+        flagged = m.bool()
+        kept = per_sample[~flagged].mean() if (~flagged).any() else per_sample.sum() * 0.0
+        if flagged.any():
+            return kept - self.coef * per_sample[flagged].mean()
+        return kept
+
+    @torch.no_grad()
+    def tail_ratio_of(self, x: torch.Tensor, batch_size: int = 512) -> float:
+        """Fraction of samples whose log10 d lies below mean - tail_std * std (the low-KL tail)."""
+        s = -self.scores(x, batch_size)  # log10 d
+        thresh = s.mean() - self.tail_std * s.std()
+        return float((s < thresh).float().mean())
+
+    @torch.no_grad()
+    def verify(self, samples: torch.Tensor) -> VaccineReport:
+        """Vaccine verification (SPEC 5.5): re-shuffle until the synthetic samples show a low-KL tail."""
+        report = VaccineReport(n_samples=len(samples))
+        for trial in range(self.max_trials):
+            ratio = self.tail_ratio_of(samples)
+            report.trials.append(ratio)
+            if ratio > self.tail_ratio:
+                report.active = True
+                break
+            if trial + 1 < self.max_trials:
+                self.reshuffle()
+        self.enabled = report.active
+        return report
+
+    @torch.no_grad()
+    def detection_auc(self, x_poison: torch.Tensor, x_clean: torch.Tensor) -> dict[str, float]:
+        """Diagnostic on real data: AUC of the score for poisoned (positive) vs clean inputs, and mean d."""
+        from abd.metrics import detection_auc
+
+        sp, sc = self.scores(x_poison), self.scores(x_clean)
+        return {
+            "auc": detection_auc(sp, sc),
+            "mean_d_poison": float((10 ** (-sp)).mean()),
+            "mean_d_clean": float((10 ** (-sc)).mean()),
+            "flag_rate_poison": float(self.flag(x_poison[:2048]).float().mean()),
+            "flag_rate_clean": float(self.flag(x_clean[:2048]).float().mean()),
+        }

@@ -1,0 +1,320 @@
+"""The one distillation loop every method runs on, with the SV and SR seams, evaluation, checkpoints
+and exact resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from abd.defense import SelfRetrospection, ShufflingVaccine
+from abd.distill.base import KDContext, KDMethod, create_method
+from abd.experiment.checkpoint import save_model
+from abd.experiment.distill_config import DistillConfig
+from abd.metrics import EvalData, evaluate
+from abd.models.hooks import capture_features, feature_layers
+from abd.utils import JsonLines, read_jsonl, write_json
+
+
+def cosine_scheduler(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing over `total` steps (stepped once per round)."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
+
+
+def make_optimizer(params, kind: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+    """Adam or SGD (with momentum) over `params`."""
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.as_tensor(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Distiller:
+    """Runs `method` from `teacher` into `student`, with the defense of `cfg`, writing into `out_dir`.
+
+    Files: ``curve.jsonl`` (periodic ACC/ASR and losses), ``checkpoint.pt`` (everything needed to resume,
+    loaded with ``weights_only=True``), and at the end ``student.safetensors``/``student.json`` and
+    ``metrics.json``.
+    """
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        ctx: KDContext,
+        eval_data: EvalData,
+        out_dir: str | Path,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.ctx, self.eval_data = cfg, ctx, eval_data
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.teacher, self.student = ctx.teacher.eval(), ctx.student
+        self.teacher.requires_grad_(False)
+        self.method: KDMethod = create_method(cfg.method, ctx, cfg.method_options, cfg.preset)
+        o = self.method.opts
+        self.rounds = o.rounds
+        ctx.total_rounds = self.rounds
+        self.opt = make_optimizer(self.student.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay)
+        self.sched = cosine_scheduler(self.opt, self.rounds)
+
+        self.sv: ShufflingVaccine | None = None
+        self.sv_pending = False
+        self.sv_buffer: list[torch.Tensor] = []
+        self.sv_report: dict[str, Any] = {}
+        if cfg.use_sv:
+            s = cfg.sv
+            self.sv = ShufflingVaccine(
+                self.teacher, n_copies=s.n_copies, n_layers=s.n_layers, kinds=tuple(s.kinds), coef=s.coef,
+                tail_std=s.tail_std, tail_ratio=s.tail_ratio, max_trials=s.max_trials,
+                shuffle_grad=s.shuffle_grad, seed=cfg.seed + 17,
+            ).to(ctx.device)
+            self.sv_pending = s.verify_rounds > 0
+            self.sv.enabled = not self.sv_pending
+
+        self.sr: SelfRetrospection | None = None
+        self.sr_start = self.rounds
+        self.sr_started = False
+        if cfg.use_sr:
+            r = cfg.sr
+            self.sr_start = self.rounds - max(1, int(round(r.fraction * self.rounds)))
+            self.sr = SelfRetrospection(
+                self.student, self.teacher, pert_model=r.pert_model, inner_rounds=r.inner_rounds,
+                pert_lr=r.pert_lr, l2=r.l2, inner_step=r.inner_step, k=r.k, out_portion=r.out_portion,
+                weight=r.weight, hypergrad=r.hypergrad, radius=r.radius, divergence=self.method.divergence,
+                generator=torch.Generator().manual_seed(cfg.seed + 29),
+            )
+        t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
+        self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
+        self.t_names, self.s_names = t_names, s_names
+        self.round = 0
+        self.train_seconds = 0.0
+        self.sr_seconds = 0.0
+        self.extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ the loop
+    def _sv_hook(self, x: torch.Tensor, t_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        assert self.sv is not None
+        if not self.sv.enabled:
+            return x.new_zeros(()), {}
+        r, logs = self.sv.regularizer(x, t_logits)
+        return -self.sv.coef * r, logs
+
+    def _start_sr_phase(self) -> None:
+        """Switch to the SR phase: a new student Adam at the SR learning rate, cosine over the rest; SV off."""
+        assert self.sr is not None
+        self.sr_started = True
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.sr.lr)
+        self.sched = cosine_scheduler(self.opt, self.rounds - self.sr_start)
+        if self.sv is not None:
+            self.sv.enabled = False
+
+    def _student_step(self, x: torch.Tensor, sr_phase: bool) -> dict[str, float]:
+        with ExitStack() as stack, torch.no_grad():
+            t_feats = stack.enter_context(capture_features(self.teacher, self.t_names)) if self.use_features else []
+            t_logits = self.teacher(x)
+            t_feats = list(t_feats)
+        with ExitStack() as stack:
+            s_feats = stack.enter_context(capture_features(self.student, self.s_names)) if self.use_features else []
+            s_logits = self.student(x)
+            s_feats = list(s_feats)
+        per = self.method.student_loss(x, t_logits, s_logits, t_feats, s_feats)
+        if self.sv is not None and self.method.sv_target == "student" and self.sv.enabled:
+            loss = self.sv.student_loss(per, x, t_logits)
+        else:
+            loss = per.mean()
+        self.opt.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {"loss_s": float(loss.detach())}
+        if sr_phase and self.sr is not None:
+            t0 = time.perf_counter()
+            loss = loss + self.sr.step(x)
+            self.sr_seconds += time.perf_counter() - t0
+        loss.backward()
+        clip = self.method.opts.grad_clip
+        if clip is not None and not sr_phase:
+            nn.utils.clip_grad_norm_(self.student.parameters(), clip)
+        self.opt.step()
+        return logs
+
+    def _maybe_verify(self, x: torch.Tensor) -> None:
+        """Collect KD samples during the verification window, then run the SV on/off decision."""
+        if self.sv is None or not self.sv_pending:
+            return
+        if self.round < self.cfg.sv.verify_rounds:
+            if sum(len(b) for b in self.sv_buffer) < self.cfg.sv.verify_max_samples:
+                self.sv_buffer.append(x.detach().cpu())
+            return
+        samples = torch.cat(self.sv_buffer)[: self.cfg.sv.verify_max_samples].to(self.ctx.device)
+        report = self.sv.verify(samples)
+        self.sv_report = {"round": self.round, **report.to_dict()}
+        self.sv_pending, self.sv_buffer = False, []
+        msg = (f"SV verification at round {self.round}: tail ratios {[round(t, 4) for t in report.trials]} "
+               f"-> SV {'ON' if report.active else 'OFF (no low-divergence tail found)'}")
+        self.log.write({"round": self.round, "event": "sv_verification", **self.sv_report})
+        if self.progress:
+            tqdm.write(msg)
+
+    def evaluate(self) -> dict[str, Any]:
+        m = evaluate(self.student, self.eval_data)
+        m.pop("per_class_acc", None)
+        return m
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Distill for the configured rounds (continuing from ``checkpoint.pt`` with ``resume``)."""
+        ckpt = self.out / "checkpoint.pt"
+        if resume and ckpt.is_file():
+            self._load_checkpoint(ckpt)
+            records = [r for r in read_jsonl(self.out / "curve.jsonl") if r.get("round", 0) <= self.round]
+            self.log = JsonLines(self.out / "curve.jsonl")
+            for r in records:
+                self.log.write(r)
+        else:
+            self.log = JsonLines(self.out / "curve.jsonl")
+            if self.sv is not None and self.eval_data.x_poison is not None:
+                diag = self.sv.detection_auc(self.eval_data.x_poison.to(self.ctx.device),
+                                             self.eval_data.x_clean.to(self.ctx.device))
+                self.extra["sv_detection"] = diag
+                self.log.write({"round": 0, "event": "sv_detection", **diag})
+            self.log.write({"round": 0, **self.evaluate(), "seconds": 0.0})
+        bar = tqdm(range(self.round, self.rounds), desc=f"{self.cfg.method}+{self.cfg.defense}",
+                   unit="round", disable=not self.progress, initial=self.round, total=self.rounds)
+        sv_hook = self._sv_hook if (self.sv is not None and self.method.sv_target == "synthesis") else None
+        logs: dict[str, float] = {}
+        for r in bar:
+            self.round = r
+            t0 = time.perf_counter()
+            sr_phase = self.sr is not None and r >= self.sr_start
+            if sr_phase and not self.sr_started:
+                self.extra["sr_start_round"] = r
+                self.extra["sr_start_metrics"] = self.evaluate()
+                self._start_sr_phase()
+            self.student.train()
+            logs = dict(self.method.synthesize(sv_hook))
+            for _ in range(self.method.opts.kd_steps):
+                x = self.method.sample()
+                self._maybe_verify(x)
+                logs.update(self._student_step(x, sr_phase))
+            self.sched.step()
+            self.method.on_round_end(r)
+            self.train_seconds += time.perf_counter() - t0
+            self.round = r + 1
+            if self.round % self.cfg.eval_every == 0 or self.round == self.rounds:
+                m = self.evaluate()
+                self.log.write({"round": self.round, **m, **logs, "sr": sr_phase,
+                                "sv_on": bool(self.sv is not None and self.sv.enabled),
+                                "seconds": self.train_seconds})
+                bar.set_postfix(acc=f"{m['acc']:.3f}", asr=f"{m.get('asr', float('nan')):.3f}")
+            if self.round % self.cfg.checkpoint_every == 0 and self.round < self.rounds:
+                self._save_checkpoint(ckpt)
+            if os.environ.get("ABD_STOP_AFTER") and self.round == int(os.environ["ABD_STOP_AFTER"]):
+                raise KeyboardInterrupt(f"stopped after round {self.round} (ABD_STOP_AFTER)")
+        return self._finish()
+
+    # ------------------------------------------------------------------ outputs
+    def _finish(self) -> dict[str, Any]:
+        m = self.evaluate()
+        m.update(
+            seconds=self.train_seconds,
+            seconds_per_step=self.train_seconds / max(1, self.rounds),
+            rounds=self.rounds,
+            method=self.cfg.method,
+            defense=self.cfg.defense,
+            sr_seconds=self.sr_seconds,
+            **({"sv_verification": self.sv_report} if self.sv_report else {}),
+            **self.extra,
+        )
+        save_model(self.out, "student", self.student, {
+            "kind": "student",
+            "teacher": self.cfg.teacher,
+            "config": self.cfg.model_dump(mode="json"),
+            "method_options": self.method.opts.model_dump(mode="json"),
+        })
+        write_json(self.out / "metrics.json", m)
+        if self.sr is not None and self.sr.last_delta is not None:
+            torch.save({"delta": self.sr.last_delta.cpu()}, self.out / "sr_delta.pt")
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "round": self.round,
+            "train_seconds": self.train_seconds,
+            "sr_seconds": self.sr_seconds,
+            "student": self.student.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "sr_started": self.sr_started,
+            "rng": _rng_state(),
+            "method_modules": {k: m.state_dict() for k, m in self.method.modules().items()},
+            "method_opts": {k: o.state_dict() for k, o in self.method.optimizers().items()},
+            "method_extra": self.method.extra_state(),
+            "extra": repr(self.extra),
+        }
+        if self.sv is not None:
+            st["sv"] = {"copies": self.sv.copies.state_dict(), "enabled": self.sv.enabled,
+                        "pending": self.sv_pending, "rng": self.sv.rng.get_state(),
+                        "buffer": list(self.sv_buffer), "report": repr(self.sv_report)}
+        if self.sr is not None and self.sr.generator is not None:
+            st["sr_rng"] = self.sr.generator.get_state()
+        return st
+
+    def _save_checkpoint(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self._state(), tmp)
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        import ast
+
+        st = torch.load(path, map_location=self.ctx.device, weights_only=True)
+        self.round, self.train_seconds, self.sr_seconds = st["round"], st["train_seconds"], st["sr_seconds"]
+        self.student.load_state_dict(st["student"])
+        if st["sr_started"]:
+            self._start_sr_phase()
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        for k, m in self.method.modules().items():
+            m.load_state_dict(st["method_modules"][k])
+        for k, o in self.method.optimizers().items():
+            o.load_state_dict(st["method_opts"][k])
+        self.method.load_extra_state(st["method_extra"])
+        self.extra = ast.literal_eval(st["extra"])
+        if self.sv is not None:
+            sv = st["sv"]
+            self.sv.copies.load_state_dict(sv["copies"])
+            self.sv.enabled, self.sv_pending = sv["enabled"], sv["pending"]
+            self.sv.rng.set_state(sv["rng"])
+            self.sv_buffer = list(sv["buffer"])
+            self.sv_report = ast.literal_eval(sv["report"])
+        if self.sr is not None and "sr_rng" in st:
+            self.sr.generator.set_state(st["sr_rng"])
+        _set_rng_state(st["rng"])

@@ -1,0 +1,104 @@
+"""Checkpoints: weights in safetensors plus JSON metadata. Nothing a user hands us is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from abd.utils import versions, write_json
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, unsafe or does not fit the model."""
+
+
+def save_model(directory: str | Path, stem: str, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``<stem>.safetensors`` (the state dict) and ``<stem>.json`` (``meta`` + architecture + versions)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(d / f"{stem}.safetensors"))
+    meta = {"arch": getattr(model, "arch", None), **meta, "versions": versions()}
+    write_json(d / f"{stem}.json", meta)
+    return d / f"{stem}.safetensors"
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or from a foreign .pt/.pth with ``torch.load(weights_only=True)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{p} is not a valid safetensors file: {e}") from e
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses code; corrupt files fail too
+        raise CheckpointError(
+            f"refused to load {p}: only plain tensors are accepted (torch.load weights_only=True): {e}"
+        ) from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights into `model`, failing with the mismatching keys/shapes spelled out."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"{path} does not fit {type(model).__name__}:"]
+        if wrong:
+            lines.append("  shape mismatch: " + "; ".join(wrong[:5]))
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:5])}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state)
+    return model
+
+
+def read_meta(directory: str | Path, stem: str) -> dict[str, Any]:
+    """The JSON metadata written beside a checkpoint."""
+    p = Path(directory) / f"{stem}.json"
+    if not p.is_file():
+        raise CheckpointError(f"metadata not found: {p} (expected {stem}.json beside {stem}.safetensors)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p} is not valid JSON: {e}") from e
+
+
+def load_model(directory: str | Path, stem: str = "teacher") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a registered model from ``<stem>.json`` and load ``<stem>.safetensors``."""
+    from abd.models import create_model
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"not a checkpoint directory: {d} (expected {stem}.safetensors + {stem}.json)")
+    meta = read_meta(d, stem)
+    arch = dict(meta.get("arch") or {})
+    if "name" not in arch:
+        raise CheckpointError(f"{d / (stem + '.json')} has no 'arch' entry naming a registered model")
+    name = arch.pop("name")
+    model = create_model(name, **arch)
+    load_weights(model, d / f"{stem}.safetensors")
+    return model, meta

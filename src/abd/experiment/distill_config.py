@@ -1,0 +1,81 @@
+"""Typed configuration of a distillation run and of its defenses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from abd.experiment.config import Config, _check_registered
+
+
+class SVOptions(Config):
+    """Shuffling Vaccine (SPEC 5). Defaults fit the LeNet teachers (the paper's n_layers=5 suits WRN-16-2)."""
+
+    coef: float = Field(0.1, ge=0, description="lambda, weight of the SV term")
+    n_copies: int = Field(3, ge=1)
+    n_layers: int = Field(1, description="shuffle the last n shufflable layers (negative: the first |n|)")
+    kinds: list[Literal["conv", "linear"]] = ["conv"]
+    verify_rounds: int = Field(20, ge=0, description="collect samples for this many rounds, then verify "
+                               "(0: SV on from the start, no verification)")
+    verify_max_samples: int = Field(4096, ge=16)
+    tail_std: float = Field(3.0, gt=0)
+    tail_ratio: float = Field(0.02, ge=0, lt=1)
+    max_trials: int = Field(8, ge=1)
+    shuffle_grad: bool = True
+
+
+class SROptions(Config):
+    """Self-Retrospection (SPEC 6): runs over the final ``fraction`` of the rounds of the same run."""
+
+    fraction: float = Field(0.1, gt=0, le=1)
+    lr: float = Field(5e-4, gt=0, description="student learning rate of the SR phase (new Adam, cosine)")
+    inner_rounds: int = Field(10, ge=1)
+    pert_lr: float = Field(0.1, gt=0)
+    l2: float = Field(1e-3, ge=0)
+    inner_step: float = Field(0.1, gt=0)
+    k: int = Field(5, ge=1)
+    out_portion: float = Field(0.02, gt=0, le=1)
+    weight: float = Field(1.0, ge=0)
+    hypergrad: bool = True
+    pert_model: Literal["teacher", "student"] = "teacher"
+    radius: float = Field(10.0, gt=0)
+
+
+class DistillConfig(Config):
+    """One distillation run: teacher directory, method (+ options), student, defense."""
+
+    teacher: str
+    method: str = "zskt"
+    defense: Literal["none", "sv", "sr", "abd"] = "none"
+    student: str = "lenet5_half"
+    preset: Literal["cpu", "paper"] = "cpu"
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    sv: SVOptions = Field(default_factory=SVOptions)
+    sr: SROptions = Field(default_factory=SROptions)
+    eval_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    data_root: str | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from abd.distill import METHODS
+
+        METHODS.get(v)
+        return v
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: str) -> str:
+        return _check_registered("model", v)
+
+    @property
+    def use_sv(self) -> bool:
+        return self.defense in ("sv", "abd")
+
+    @property
+    def use_sr(self) -> bool:
+        return self.defense in ("sr", "abd")
