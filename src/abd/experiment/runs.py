@@ -1,0 +1,50 @@
+"""Run a distillation from a saved teacher: load it, build the student and the evaluation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from abd.attacks import create_trigger
+from abd.attacks.poison import make_eval_data
+from abd.data import load_dataset
+from abd.distill.base import KDContext
+from abd.distill.engine import Distiller
+from abd.experiment.checkpoint import load_model
+from abd.experiment.distill_config import DistillConfig
+from abd.models import create_model
+from abd.utils import resolve_device, seed_everything
+
+
+def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) -> Distiller:
+    """Everything a run needs, from `cfg` (the teacher's dataset and trigger are read from its metadata).
+
+    The trigger is only used to *measure* ASR; nothing in distillation sees it or the training data
+    (except the clean-data reference method).
+    """
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    teacher, meta = load_model(cfg.teacher, "teacher")
+    ds = load_dataset(meta["dataset"], root=cfg.data_root or meta.get("data_root"))
+    trig_name = meta.get("trigger", "none")
+    eval_trigger = meta.get("eval_trigger") if trig_name == "none" else trig_name
+    trigger = create_trigger(eval_trigger, image_size=ds.image_size, channels=ds.channels,
+                             seed=meta.get("seed", 0)) if eval_trigger and eval_trigger != "none" else None
+    eval_data = make_eval_data(ds, trigger, meta.get("target", 0) if trigger else None)
+    student = create_model(cfg.student, num_classes=ds.num_classes, in_channels=ds.channels,
+                           image_size=ds.image_size).to(device)
+    ctx = KDContext(
+        teacher=teacher.to(device), student=student, num_classes=ds.num_classes, channels=ds.channels,
+        image_size=ds.image_size, mean=ds.mean, std=ds.std, device=device,
+        dataset=ds if cfg.method == "clean" else None,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    return Distiller(cfg, ctx, eval_data, out, progress=progress)
+
+
+def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Distill as `cfg` says into `out_dir` (continuing an interrupted run with `resume`)."""
+    return build_distiller(cfg, out_dir, progress).run(resume=resume)
