@@ -76,6 +76,11 @@ class ShufflingVaccine(nn.Module):
             (paper: 0.02).
         max_trials: re-shuffles tried before SV gives up (paper: 8).
         shuffle_grad: let gradients flow through the shuffled ensemble (paper default).
+        mask: "argmax" flags inputs where the ensemble's argmax equals the teacher's (paper); "tail" also
+            requires log10 d to lie in the low tail (below mean - tail_std * std of the verification
+            samples, or of the batch before verification). A backdoored teacher's shuffled copies tend to
+            predict the target class for everything, so "argmax" flags every clean target-class input and
+            SV then suppresses the target class; "tail" flags only backdoor-like agreement.
 
     Usage in any KD loop (the synthesis loss is minimized by the generator):
 
@@ -94,8 +99,13 @@ class ShufflingVaccine(nn.Module):
         tail_ratio: float = 0.02,
         max_trials: int = 8,
         shuffle_grad: bool = True,
+        mask: str = "tail",
         seed: int = 0,
     ) -> None:
+        if mask not in ("argmax", "tail"):
+            raise ValueError(f"mask must be 'argmax' or 'tail', got {mask!r}")
+        self.mask_mode = mask
+        self.threshold: float | None = None  # log10-d tail threshold, set by verify()
         super().__init__()
         self.teacher = teacher
         self.coef, self.tail_std, self.tail_ratio = coef, tail_std, tail_ratio
@@ -150,8 +160,16 @@ class ShufflingVaccine(nn.Module):
             with torch.no_grad():
                 ts = self.ensemble_logits(x)
         d = kl_elementwise(t, ts).mean(1)
-        mask = (ts.argmax(1) == t.argmax(1)).float().detach()
-        return d, mask
+        mask = ts.argmax(1) == t.argmax(1)
+        if self.mask_mode == "tail":
+            mask = mask & (torch.log10(d.detach().clamp_min(1e-12)) < self._threshold(d.detach()))
+        return d, mask.float().detach()
+
+    def _threshold(self, d: torch.Tensor) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        s = torch.log10(d.clamp_min(1e-12))
+        return float(s.mean() - self.tail_std * s.std()) if len(s) > 1 else float("-inf")
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -193,21 +211,22 @@ class ShufflingVaccine(nn.Module):
         return kept
 
     @torch.no_grad()
-    def tail_ratio_of(self, x: torch.Tensor, batch_size: int = 512) -> float:
-        """Fraction of samples whose log10 d lies below mean - tail_std * std (the low-KL tail)."""
+    def tail_ratio_of(self, x: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+        """(fraction of samples whose log10 d lies below mean - tail_std * std, that threshold)."""
         s = -self.scores(x, batch_size)  # log10 d
-        thresh = s.mean() - self.tail_std * s.std()
-        return float((s < thresh).float().mean())
+        thresh = float(s.mean() - self.tail_std * s.std())
+        return float((s < thresh).float().mean()), thresh
 
     @torch.no_grad()
     def verify(self, samples: torch.Tensor) -> VaccineReport:
         """Vaccine verification (SPEC 5.5): re-shuffle until the synthetic samples show a low-KL tail."""
         report = VaccineReport(n_samples=len(samples))
         for trial in range(self.max_trials):
-            ratio = self.tail_ratio_of(samples)
+            ratio, thresh = self.tail_ratio_of(samples)
             report.trials.append(ratio)
             if ratio > self.tail_ratio:
                 report.active = True
+                self.threshold = thresh
                 break
             if trial + 1 < self.max_trials:
                 self.reshuffle()

@@ -96,7 +96,7 @@ class Distiller:
             self.sv = ShufflingVaccine(
                 self.teacher, n_copies=s.n_copies, n_layers=s.n_layers, kinds=tuple(s.kinds), coef=s.coef,
                 tail_std=s.tail_std, tail_ratio=s.tail_ratio, max_trials=s.max_trials,
-                shuffle_grad=s.shuffle_grad, seed=cfg.seed + 17,
+                shuffle_grad=s.shuffle_grad, mask=s.mask, seed=cfg.seed + 17,
             ).to(ctx.device)
             self.sv_pending = s.verify_rounds > 0
             self.sv.enabled = not self.sv_pending
@@ -282,7 +282,8 @@ class Distiller:
         if self.sv is not None:
             st["sv"] = {"copies": self.sv.copies.state_dict(), "enabled": self.sv.enabled,
                         "pending": self.sv_pending, "rng": self.sv.rng.get_state(),
-                        "buffer": list(self.sv_buffer), "report": repr(self.sv_report)}
+                        "buffer": list(self.sv_buffer), "report": repr(self.sv_report),
+                        "threshold": self.sv.threshold if self.sv.threshold is not None else float("nan")}
         if self.sr is not None and self.sr.generator is not None:
             st["sr_rng"] = self.sr.generator.get_state()
         return st
@@ -315,6 +316,7 @@ class Distiller:
             self.sv.rng.set_state(sv["rng"])
             self.sv_buffer = list(sv["buffer"])
             self.sv_report = ast.literal_eval(sv["report"])
+            self.sv.threshold = None if sv["threshold"] != sv["threshold"] else sv["threshold"]
         if self.sr is not None and "sr_rng" in st:
             self.sr.generator.set_state(st["sr_rng"])
         _set_rng_state(st["rng"])
