@@ -56,6 +56,11 @@ class SelfRetrospection:
         hypergrad: the implicit-hypergradient variant (True) or the simpler adversarial-KL one (SPEC 6.3).
         radius: L2 radius of delta in the non-hypergradient variant (paper: 10).
         divergence: D(target_logits, logits), teacher-first KL in the KD method's reduction.
+        vaccine: a ShufflingVaccine to guide the trigger synthesis (ABD's two plug-ins combined, beyond
+            the paper): delta also minimizes ``vaccine_weight`` * mean log10 d(x + delta), so it seeks a
+            perturbation the channel-shuffled teachers still agree on (a backdoor-like shortcut) rather
+            than any dense adversarial direction, which on small nets also erases clean class features.
+        vaccine_weight: weight of that term.
 
     Usage in any KD loop, in the final phase of training:
 
@@ -80,6 +85,8 @@ class SelfRetrospection:
         radius: float = 10.0,
         divergence: Divergence = kl_mean,
         generator: torch.Generator | None = None,
+        vaccine: nn.Module | None = None,
+        vaccine_weight: float = 0.1,
     ) -> None:
         if pert_model not in ("teacher", "student"):
             raise ValueError(f"pert_model must be 'teacher' or 'student', got {pert_model!r}")
@@ -90,6 +97,7 @@ class SelfRetrospection:
         self.k, self.out_portion, self.weight = k, out_portion, weight
         self.hypergrad, self.radius, self.divergence = hypergrad, radius, divergence
         self.generator = generator
+        self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
         self.last_delta: torch.Tensor | None = None
 
     def synthesize(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +118,12 @@ class SelfRetrospection:
                 target = model(x)
             for _ in range(self.inner_rounds):
                 with frozen_bn_stats(model):
-                    loss = -self.divergence(target, model(x + delta))
+                    out = model(x + delta)
+                loss = -self.divergence(target, out)
+                if self.vaccine is not None and self.vaccine_weight > 0:
+                    t_logits = out if self.pert_model == "teacher" else None
+                    d, _ = self.vaccine.divergence(x + delta, t_logits)
+                    loss = loss + self.vaccine_weight * torch.log10(d.clamp_min(1e-12)).mean()
                 if self.hypergrad:
                     loss = loss + self.l2 * delta.pow(2).sum()
                 opt.zero_grad()
