@@ -17,15 +17,34 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config]) -> None
     """One ``--flag`` per config field (values are validated by the config class), plus ``--config``."""
     parser.add_argument("--config", type=Path, help="YAML file of options; flags override it")
     for name, field in cls.model_fields.items():
-        default = field.default
-        helptext = (field.description + "; " if field.description else "") + f"default: {default}"
+        if _nested(field.annotation):
+            continue  # nested options come from --config (or a command's own KEY=VALUE flags)
+        default = field.default if field.default_factory is None else field.default_factory()
+        shown = "required" if field.is_required() else f"default: {default}"
+        helptext = (field.description + "; " if field.description else "") + shown
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
                             help=helptext)
 
 
+def _nested(annotation: object) -> bool:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    return origin is dict or annotation is dict or (isinstance(annotation, type) and issubclass(annotation, Config))
+
+
 def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
-    """The validated config from ``--config`` plus explicit flags."""
-    overrides = {k: getattr(args, k) for k in cls.model_fields if getattr(args, k, None) is not None}
+    """The validated config from ``--config`` plus explicit flags (lists: comma-separated)."""
+    import typing
+
+    overrides = {}
+    for k, field in cls.model_fields.items():
+        v = getattr(args, k, None)
+        if v is None or _nested(field.annotation):
+            continue
+        if typing.get_origin(field.annotation) is list and isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        overrides[k] = v
     return cls.load(args.config, **overrides)
 
 
@@ -41,22 +60,34 @@ def cmd_teacher_train(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher_eval(args: argparse.Namespace) -> int:
-    from abd.attacks import create_trigger
     from abd.attacks.poison import make_eval_data
+    from abd.attacks.teacher import eval_trigger_from_meta
     from abd.data import load_dataset
     from abd.experiment.checkpoint import load_model
     from abd.metrics import evaluate, format_metrics
 
     model, meta = load_model(args.dir, "teacher")
     ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))
-    trig_name = meta.get("trigger", "none")
-    trigger = None if trig_name == "none" else create_trigger(
-        trig_name, image_size=ds.image_size, channels=ds.channels, seed=meta.get("seed", 0))
-    m = evaluate(model, make_eval_data(ds, trigger, meta.get("target") if trigger else None))
-    print(f"{args.dir}: {meta.get('arch', {}).get('name')} on {meta['dataset']}, trigger {trig_name}")
+    trigger = eval_trigger_from_meta(meta, ds)
+    m = evaluate(model, make_eval_data(ds, trigger, meta.get("target", 0)))
+    arch = (meta.get("arch") or {}).get("name")
+    measured = f" (ASR of {trigger.name})" if trigger is not None else ""
+    print(f"{args.dir}: {arch} on {meta['dataset']}, trigger {meta.get('trigger', 'none')}{measured}")
     print(format_metrics(m))
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "per_class_acc"}, indent=2))
+    return 0
+
+
+def cmd_teacher_table(args: argparse.Namespace) -> int:
+    from abd.experiment.config import TeacherConfig
+    from abd.experiment.teacher_table import all_teacher_triggers, teacher_table
+
+    base = config_from_args(TeacherConfig, args)
+    names = args.triggers.split(",") if args.triggers else all_teacher_triggers()
+    doc = teacher_table(args.out, base, names, progress=True)  # type: ignore[arg-type]
+    print((Path(args.out) / "teacher_table.md").read_text(), end="")
+    print(f"{len(doc['rows'])} teachers in {doc['total_seconds']:.0f} s -> {args.out}")
     return 0
 
 
@@ -70,15 +101,66 @@ def cmd_triggers(args: argparse.Namespace) -> int:
     return 0
 
 
+LISTS = {"models": "model", "datasets": "dataset", "trigger-list": "trigger"}  # command -> registry kind
+
+
+def _parse_options(pairs: Sequence[str] | None) -> dict:
+    """``key=value`` pairs (values parsed as YAML scalars) into a dict."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from abd.experiment.distill_config import DistillConfig
+    from abd.experiment.runs import run_distill
+    from abd.metrics import format_metrics
+
+    cfg = config_from_args(DistillConfig, args)
+    extra = {}
+    if args.rounds is not None:
+        extra["rounds"] = args.rounds
+    opts = {**cfg.method_options, **_parse_options(args.opt), **extra}
+    sv = cfg.sv.model_copy(update=_parse_options(args.sv))
+    sr = cfg.sr.model_copy(update=_parse_options(args.sr))
+    cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts, "sv": sv.model_dump(),
+                           "sr": sr.model_dump()})
+    m = run_distill(cfg, args.out, resume=args.resume)
+    print(f"student -> {args.out}: {format_metrics(m)}, {m['seconds']:.1f} s "
+          f"({1000 * m['seconds_per_step']:.1f} ms/round)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from abd.experiment.demo import DemoConfig, run_demo
+
+    cfg = config_from_args(DemoConfig, args)
+    results = run_demo(cfg, args.out)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"results -> {args.out}/results.json, results.md, curves.png, samples.png, sr_trigger.png "
+          f"({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from abd.distill import METHODS
+
+    for name, doc in METHODS.summary().items():
+        print(f"{name:10s} {doc}")
+    return 0
+
+
 def cmd_list(kind: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        if kind == "models":
-            from abd.models import MODELS as reg
-        elif kind == "datasets":
-            from abd.data import DATASETS as reg
-        else:
-            from abd.attacks import TRIGGERS as reg
-        for name, doc in reg.summary().items():
+        from abd.experiment.config import registry_of
+
+        for name, doc in registry_of(kind).summary().items():
             print(f"{name:14s} {doc}")
         return 0
 
@@ -87,6 +169,8 @@ def cmd_list(kind: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from abd.experiment.config import TeacherConfig
+    from abd.experiment.demo import DemoConfig
+    from abd.experiment.distill_config import DistillConfig
 
     p = argparse.ArgumentParser(prog="abd", description="Backdoor-safe data-free knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -102,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data-root", default=None)
     te.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     te.set_defaults(func=cmd_teacher_eval)
+    tb = tsub.add_parser("table", help="train a clean teacher and one per trigger; write a Markdown table")
+    add_config_flags(tb, TeacherConfig)
+    tb.add_argument("--out", type=Path, required=True, help="output directory (one sub-folder per teacher)")
+    tb.add_argument("--triggers", default=None, help="comma-separated triggers (default: none + all)")
+    tb.set_defaults(func=cmd_teacher_table)
 
     tr = sub.add_parser("triggers", help="write a PNG gallery of every trigger")
     tr.add_argument("--out", type=Path, required=True)
@@ -110,8 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--n", type=int, default=4, help="clean images per row")
     tr.set_defaults(func=cmd_triggers)
 
-    for kind in ("models", "datasets", "trigger-list"):
-        sp = sub.add_parser(kind, help=f"list registered {kind.replace('-list', 's')}")
+    di = sub.add_parser("distill", help="distill a teacher into a student, with an optional defense")
+    add_config_flags(di, DistillConfig)
+    di.add_argument("--out", type=Path, required=True, help="output directory")
+    di.add_argument("--rounds", type=int, default=None, help="rounds (method option)")
+    di.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    di.add_argument("--sv", action="append", metavar="KEY=VALUE", help="Shuffling-Vaccine option")
+    di.add_argument("--sr", action="append", metavar="KEY=VALUE", help="Self-Retrospection option")
+    di.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    di.set_defaults(func=cmd_distill)
+
+    de = sub.add_parser("demo", help="the paper's core result on embedded data (the README's main job)")
+    add_config_flags(de, DemoConfig)
+    de.add_argument("--out", type=Path, required=True, help="output directory")
+    de.set_defaults(func=cmd_demo)
+
+    me = sub.add_parser("methods", help="list KD methods")
+    me.set_defaults(func=cmd_methods)
+
+    for command, kind in LISTS.items():
+        sp = sub.add_parser(command, help=f"list registered {kind}s")
         sp.set_defaults(func=cmd_list(kind))
     return p
 

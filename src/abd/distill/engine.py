@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from abd.defense import SelfRetrospection, ShufflingVaccine
@@ -112,6 +113,7 @@ class Distiller:
                 pert_lr=r.pert_lr, l2=r.l2, inner_step=r.inner_step, k=r.k, out_portion=r.out_portion,
                 weight=r.weight, hypergrad=r.hypergrad, radius=r.radius, divergence=self.method.divergence,
                 generator=torch.Generator().manual_seed(cfg.seed + 29),
+                vaccine=self.sv, vaccine_weight=r.vaccine_weight,
             )
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
@@ -258,9 +260,14 @@ class Distiller:
             "config": self.cfg.model_dump(mode="json"),
             "method_options": self.method.opts.model_dump(mode="json"),
         })
-        write_json(self.out / "metrics.json", m)
+        tensors = {"samples": self.method.sample()[:64].detach().cpu().contiguous()}
         if self.sr is not None and self.sr.last_delta is not None:
-            torch.save({"delta": self.sr.last_delta.cpu()}, self.out / "sr_delta.pt")
+            tensors["sr_delta"] = self.sr.last_delta.detach().cpu().contiguous()
+        save_file(tensors, str(self.out / "artifacts.safetensors"))
+        write_json(self.out / "metrics.json", m)
+        ckpt = self.out / "checkpoint.pt"
+        if ckpt.is_file():
+            ckpt.unlink()  # the run is complete: its outputs replace the resume state
         return m
 
     # ------------------------------------------------------------------ checkpoints

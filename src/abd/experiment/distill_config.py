@@ -41,6 +41,8 @@ class SROptions(Config):
     hypergrad: bool = True
     pert_model: Literal["teacher", "student"] = "teacher"
     radius: float = Field(10.0, gt=0)
+    vaccine_weight: float = Field(0.1, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
+                                  "agreement term in the trigger synthesis (0: the paper's plain synthesis)")
 
 
 class DistillConfig(Config):
