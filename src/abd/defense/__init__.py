@@ -1,4 +1,32 @@
-"""Defenses: the Shuffling Vaccine, Self-Retrospection, implicit hypergradients and the teacher audit."""
+"""Defenses: the Shuffling Vaccine, Self-Retrospection and implicit hypergradients.
+
+Both plug-ins attach to any KD loop in a few lines (this example runs as a test):
+
+>>> import torch
+>>> from abd.models import create_model, create_generator
+>>> from abd.defense import ShufflingVaccine, SelfRetrospection
+>>> from abd.distill.losses import kl_mean
+>>> _ = torch.manual_seed(0)
+>>> teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
+>>> student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+>>> gen = create_generator("zskt", z_dim=16, channels=1, image_size=28, width=8)
+>>> opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+>>> opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
+>>> sv = ShufflingVaccine(teacher)                 # shuffled-teacher ensemble
+>>> sr = SelfRetrospection(student, teacher)       # trigger synthesis + unlearning
+>>> for step in range(4):
+...     x = gen(torch.randn(16, 16))
+...     loss_g = -kl_mean(teacher(x), student(x)) + sv.penalty(x)   # SV: a term on the synthesis loss
+...     opt_g.zero_grad(); loss_g.backward(); opt_g.step()
+...     x = x.detach()
+...     with torch.no_grad():
+...         t = teacher(x)
+...     opt_s.zero_grad()
+...     extra = sr.step(x) if step >= 2 else 0.0                     # SR: the final phase's student step
+...     (kl_mean(t, student(x)) + extra).backward(); opt_s.step()
+>>> sr.last_delta.shape
+torch.Size([1, 1, 28, 28])
+"""
 
 from abd.defense.hypergrad import fixed_point_hypergrad
 from abd.defense.retrospect import SelfRetrospection, frozen_bn_stats

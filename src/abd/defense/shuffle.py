@@ -81,6 +81,7 @@ class ShufflingVaccine(nn.Module):
             samples, or of the batch before verification). A backdoored teacher's shuffled copies tend to
             predict the target class for everything, so "argmax" flags every clean target-class input and
             SV then suppresses the target class; "tail" flags only backdoor-like agreement.
+        robust: tail statistics from median/MAD instead of the paper's mean/std (see ``tail_threshold``).
 
     Usage in any KD loop (the synthesis loss is minimized by the generator):
 
@@ -100,11 +101,12 @@ class ShufflingVaccine(nn.Module):
         max_trials: int = 8,
         shuffle_grad: bool = True,
         mask: str = "tail",
+        robust: bool = True,
         seed: int = 0,
     ) -> None:
         if mask not in ("argmax", "tail"):
             raise ValueError(f"mask must be 'argmax' or 'tail', got {mask!r}")
-        self.mask_mode = mask
+        self.mask_mode, self.robust = mask, robust
         self.threshold: float | None = None  # log10-d tail threshold, set by verify()
         super().__init__()
         self.teacher = teacher
@@ -168,8 +170,21 @@ class ShufflingVaccine(nn.Module):
     def _threshold(self, d: torch.Tensor) -> float:
         if self.threshold is not None:
             return self.threshold
-        s = torch.log10(d.clamp_min(1e-12))
-        return float(s.mean() - self.tail_std * s.std()) if len(s) > 1 else float("-inf")
+        return self.tail_threshold(torch.log10(d.clamp_min(1e-12)))
+
+    def tail_threshold(self, s: torch.Tensor) -> float:
+        """Low-tail threshold of log10-divergences `s`: centre - tail_std * spread.
+
+        With ``robust`` the centre/spread are the median and 1.4826 * MAD, which the tail itself cannot
+        inflate (a batch with 10 % triggered inputs still has them flagged); otherwise the paper's mean/std.
+        """
+        if len(s) < 2:
+            return float("-inf")
+        if self.robust:
+            med = s.median()
+            spread = 1.4826 * (s - med).abs().median()
+            return float(med - self.tail_std * spread)
+        return float(s.mean() - self.tail_std * s.std())
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -214,7 +229,7 @@ class ShufflingVaccine(nn.Module):
     def tail_ratio_of(self, x: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
         """(fraction of samples whose log10 d lies below mean - tail_std * std, that threshold)."""
         s = -self.scores(x, batch_size)  # log10 d
-        thresh = float(s.mean() - self.tail_std * s.std())
+        thresh = self.tail_threshold(s)
         return float((s < thresh).float().mean()), thresh
 
     @torch.no_grad()

@@ -97,7 +97,8 @@ class Distiller:
             self.sv = ShufflingVaccine(
                 self.teacher, n_copies=s.n_copies, n_layers=s.n_layers, kinds=tuple(s.kinds), coef=s.coef,
                 tail_std=s.tail_std, tail_ratio=s.tail_ratio, max_trials=s.max_trials,
-                shuffle_grad=s.shuffle_grad, mask=s.mask, seed=cfg.seed + 17,
+                shuffle_grad=s.shuffle_grad, mask=s.mask, robust=s.robust,
+                seed=cfg.seed + 17,
             ).to(ctx.device)
             self.sv_pending = s.verify_rounds > 0
             self.sv.enabled = not self.sv_pending
@@ -190,8 +191,11 @@ class Distiller:
         m.pop("per_class_acc", None)
         return m
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Distill for the configured rounds (continuing from ``checkpoint.pt`` with ``resume``)."""
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Distill for the configured rounds (continuing from ``checkpoint.pt`` with ``resume``).
+
+        ``stop_after`` simulates an interruption: the run checkpoints and returns None after that round.
+        """
         ckpt = self.out / "checkpoint.pt"
         if resume and ckpt.is_file():
             self._load_checkpoint(ckpt)
@@ -237,8 +241,9 @@ class Distiller:
                 bar.set_postfix(acc=f"{m['acc']:.3f}", asr=f"{m.get('asr', float('nan')):.3f}")
             if self.round % self.cfg.checkpoint_every == 0 and self.round < self.rounds:
                 self._save_checkpoint(ckpt)
-            if os.environ.get("ABD_STOP_AFTER") and self.round == int(os.environ["ABD_STOP_AFTER"]):
-                raise KeyboardInterrupt(f"stopped after round {self.round} (ABD_STOP_AFTER)")
+            if stop_after is not None and self.round == stop_after:
+                self._save_checkpoint(ckpt)
+                return None
         return self._finish()
 
     # ------------------------------------------------------------------ outputs

@@ -23,6 +23,7 @@ class SVOptions(Config):
     tail_ratio: float = Field(0.02, ge=0, lt=1)
     max_trials: int = Field(8, ge=1)
     shuffle_grad: bool = True
+    robust: bool = Field(True, description="median/MAD tail statistics (paper: mean/std)")
     mask: Literal["argmax", "tail"] = Field("tail", description="suspicion mask (see ShufflingVaccine)")
 
 

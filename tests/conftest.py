@@ -1,0 +1,21 @@
+"""Shared fixtures: a small real backdoored teacher, trained once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def backdoored_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet-5 teacher with a BadNets-grid backdoor (target 0) on mnist5k, 6 epochs (a few seconds)."""
+    from abd.attacks.teacher import train_teacher
+    from abd.experiment.config import TeacherConfig
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = tmp_path_factory.mktemp("teacher_grid")
+    m = train_teacher(TeacherConfig(trigger="badnet_grid", epochs=6, device="cpu"), out, progress=False)
+    assert m["asr"] > 0.9 and m["acc"] > 0.9, m  # a real backdoor, or the tests below prove nothing
+    return out

@@ -1,0 +1,100 @@
+"""Shuffling Vaccine on a real backdoored teacher: the mask and the score single out triggered inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from abd.attacks import create_trigger
+from abd.attacks.poison import make_eval_data
+from abd.data import load_dataset
+from abd.defense import ShufflingVaccine, shufflable_layers
+from abd.experiment.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def teacher_and_data(backdoored_teacher_dir):
+    teacher, meta = load_model(backdoored_teacher_dir)
+    ds = load_dataset("mnist5k")
+    ev = make_eval_data(ds, create_trigger("badnet_grid", ds.image_size, ds.channels), 0)
+    return teacher.eval(), ev
+
+
+def test_copies_are_shuffled_frozen_and_teacher_untouched(teacher_and_data) -> None:
+    teacher, _ = teacher_and_data
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    sv = ShufflingVaccine(teacher, n_copies=3, n_layers=1, seed=0)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+    name = sv.layer_names[0]
+    w_t = teacher.get_submodule(name).weight
+    for c in sv.copies:
+        w_c = c.get_submodule(name).weight
+        assert not torch.equal(w_c, w_t)  # input channels permuted...
+        torch.testing.assert_close(w_c.sum(1), w_t.detach().sum(1))  # ...but the same kernels
+        assert not any(p.requires_grad for p in c.parameters())
+
+
+def test_argmax_mask_flags_triggered_inputs_far_more_than_clean(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, mask="argmax", seed=0)
+    flag_poison = sv.flag(ev.x_poison).float().mean().item()
+    flag_clean = sv.flag(ev.x_clean).float().mean().item()
+    assert flag_poison > 0.9
+    assert flag_poison > flag_clean + 0.4
+
+
+def test_tail_mask_flags_triggered_inputs_in_a_mixed_batch(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, mask="tail", seed=0)
+    x = torch.cat([ev.x_clean[:230], ev.x_poison[:26]])
+    is_poison = torch.cat([torch.zeros(230), torch.ones(26)]).bool()
+    flags = sv.flag(x)
+    assert flags[is_poison].float().mean() > 0.8
+    assert flags[~is_poison].float().mean() < 0.05
+
+
+def test_detection_auc_and_divergence_gap(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    diag = ShufflingVaccine(teacher, n_layers=1, seed=1).detection_auc(ev.x_poison, ev.x_clean)
+    assert diag["auc"] > 0.95
+    assert diag["mean_d_poison"] < 0.1 * diag["mean_d_clean"]
+
+
+def test_verification_turns_sv_on_with_a_tail_and_off_without(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, seed=0, max_trials=3)
+    mixed = torch.cat([ev.x_clean[:400], ev.x_poison[:40]])
+    report = sv.verify(mixed)
+    assert report.active and sv.enabled and sv.threshold is not None
+    sv2 = ShufflingVaccine(teacher, n_layers=1, seed=0, max_trials=2, tail_ratio=0.5)
+    report2 = sv2.verify(ev.x_clean[:400])
+    assert not report2.active and not sv2.enabled and len(report2.trials) == 2
+    assert sv2.penalty(ev.x_clean[:8]).item() == 0.0
+
+
+def test_penalty_pushes_the_input_away_from_agreement(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, mask="argmax", seed=0)
+    x = ev.x_poison[:16].clone().requires_grad_(True)
+    sv.penalty(x).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_layers_are_chosen_by_module_type_and_single_channel_convs_skipped() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3)  # one input channel: nothing to permute
+            self.features = nn.Conv2d(4, 4, 3, bias=True)  # not named "conv", has a bias
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.features(self.stem(x)).mean((2, 3)))
+
+    names = [n for n, _ in shufflable_layers(Net())]
+    assert names == ["features"]
+    assert [n for n, _ in shufflable_layers(Net(), ("conv", "linear"))] == ["features", "head"]
+    with pytest.raises(ValueError, match="no shufflable"):
+        ShufflingVaccine(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), n_layers=1)

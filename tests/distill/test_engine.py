@@ -1,0 +1,68 @@
+"""The distillation engine: every demo arm runs, and an interrupted run resumes to the same numbers."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from abd.experiment.demo import ARMS, DemoConfig, run_demo
+from abd.experiment.distill_config import DistillConfig
+from abd.experiment.runs import build_distiller
+
+
+def _cfg(teacher_dir, defense: str, rounds: int = 6) -> DistillConfig:
+    return DistillConfig(
+        teacher=str(teacher_dir), method="zskt", defense=defense, device="cpu", eval_every=2,
+        checkpoint_every=3, method_options={"rounds": rounds, "batch_size": 16, "kd_steps": 2, "gen_width": 8},
+        sv={"verify_rounds": 2, "verify_max_samples": 64}, sr={"fraction": 0.34, "inner_rounds": 2},
+    )
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(backdoored_teacher_dir, tmp_path) -> None:
+    cfg = _cfg(backdoored_teacher_dir, "abd")
+    full = build_distiller(cfg, tmp_path / "full", progress=False).run()
+    assert build_distiller(cfg, tmp_path / "cut", progress=False).run(stop_after=3) is None
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    resumed = build_distiller(cfg, tmp_path / "cut", progress=False).run(resume=True)
+    for key in ("acc", "asr", "ra", "target_acc"):
+        assert resumed[key] == full[key], key
+    a = load_file(str(tmp_path / "full" / "student.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "student.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    curve_full = [json.loads(x) for x in (tmp_path / "full" / "curve.jsonl").read_text().splitlines()]
+    curve_cut = [json.loads(x) for x in (tmp_path / "cut" / "curve.jsonl").read_text().splitlines()]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in curve_full]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in curve_cut]
+
+
+def test_same_seed_same_numbers_and_sr_phase_diverges_from_vanilla(backdoored_teacher_dir, tmp_path) -> None:
+    a = build_distiller(_cfg(backdoored_teacher_dir, "none"), tmp_path / "a", progress=False).run()
+    b = build_distiller(_cfg(backdoored_teacher_dir, "none"), tmp_path / "b", progress=False).run()
+    assert a["acc"] == b["acc"] and a["asr"] == b["asr"]
+    sr = build_distiller(_cfg(backdoored_teacher_dir, "sr"), tmp_path / "sr", progress=False).run()
+    # SR runs only in the final phase: before it, the run is the vanilla run (same point, same numbers)
+    assert sr["sr_start_round"] == 4
+    curve_a = {r["round"]: r for r in map(json.loads, (tmp_path / "a" / "curve.jsonl").read_text().splitlines())}
+    assert sr["sr_start_metrics"]["acc"] == curve_a[4]["acc"]
+
+
+def test_every_demo_arm_runs_and_writes_results(backdoored_teacher_dir, tmp_path) -> None:
+    cfg = DemoConfig(rounds=4, eval_every=2, device="cpu", sv={"verify_rounds": 1, "verify_max_samples": 64},
+                     sr={"fraction": 0.5, "inner_rounds": 2})
+    res = run_demo(cfg, tmp_path, progress=False)
+    assert set(res["arms"]) == {"teacher", *ARMS}
+    for arm, m in res["arms"].items():
+        assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["asr"] <= 1.0, arm
+    assert res["arms"]["teacher"]["asr"] > 0.9  # the demo's own teacher is really backdoored
+    for f in ("results.json", "results.md", "curves.png", "samples.png", "sr_trigger.png"):
+        assert (tmp_path / f).is_file(), f
+    assert "zskt+abd" in (tmp_path / "results.md").read_text()
+    for arm in ARMS:
+        m = json.loads((tmp_path / "seed0" / arm / "metrics.json").read_text())
+        for key in ("acc", "asr", "ra", "target_acc", "asr_n", "seconds", "seconds_per_step"):
+            assert key in m, (arm, key)
+    # rerunning reuses finished work instead of recomputing it
+    again = run_demo(cfg, tmp_path, progress=False)
+    assert again["arms"]["zskt"]["acc"] == res["arms"]["zskt"]["acc"]
