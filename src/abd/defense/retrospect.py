@@ -61,6 +61,9 @@ class SelfRetrospection:
             perturbation the channel-shuffled teachers still agree on (a backdoor-like shortcut) rather
             than any dense adversarial direction, which on small nets also erases clean class features.
         vaccine_weight: weight of that term.
+        l1: weight of ||delta||_1 in the synthesis (0 in the paper); favours small, patch-like triggers.
+        warm_start: start each synthesis from the previous delta instead of zero (the paper restarts), so
+            a trigger found once is kept and refined across steps.
 
     Usage in any KD loop, in the final phase of training:
 
@@ -87,6 +90,8 @@ class SelfRetrospection:
         generator: torch.Generator | None = None,
         vaccine: nn.Module | None = None,
         vaccine_weight: float = 0.1,
+        l1: float = 0.0,
+        warm_start: bool = False,
     ) -> None:
         if pert_model not in ("teacher", "student"):
             raise ValueError(f"pert_model must be 'teacher' or 'student', got {pert_model!r}")
@@ -98,6 +103,7 @@ class SelfRetrospection:
         self.hypergrad, self.radius, self.divergence = hypergrad, radius, divergence
         self.generator = generator
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
+        self.l1, self.warm_start = l1, warm_start
         self.last_delta: torch.Tensor | None = None
 
     def synthesize(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,10 @@ class SelfRetrospection:
         if self.pert_model == "teacher":
             model.eval()
         x = x.detach()
-        delta = torch.zeros(1, *x.shape[1:], device=x.device, requires_grad=True)
+        if self.warm_start and self.last_delta is not None and self.last_delta.shape[1:] == x.shape[1:]:
+            delta = self.last_delta.clone().to(x.device).requires_grad_(True)
+        else:
+            delta = torch.zeros(1, *x.shape[1:], device=x.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.pert_lr)
         params = [p for p in model.parameters() if p.requires_grad]
         req = [p.requires_grad for p in params]
@@ -126,6 +135,8 @@ class SelfRetrospection:
                     loss = loss + self.vaccine_weight * torch.log10(d.clamp_min(1e-12)).mean()
                 if self.hypergrad:
                     loss = loss + self.l2 * delta.pow(2).sum()
+                if self.l1 > 0:
+                    loss = loss + self.l1 * delta.abs().sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -114,7 +114,7 @@ class Distiller:
                 pert_lr=r.pert_lr, l2=r.l2, inner_step=r.inner_step, k=r.k, out_portion=r.out_portion,
                 weight=r.weight, hypergrad=r.hypergrad, radius=r.radius, divergence=self.method.divergence,
                 generator=torch.Generator().manual_seed(cfg.seed + 29),
-                vaccine=self.sv, vaccine_weight=r.vaccine_weight,
+                vaccine=self.sv, vaccine_weight=r.vaccine_weight, l1=r.l1, warm_start=r.warm_start,
             )
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0

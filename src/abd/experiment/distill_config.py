@@ -30,19 +30,22 @@ class SVOptions(Config):
 class SROptions(Config):
     """Self-Retrospection (SPEC 6): runs over the final ``fraction`` of the rounds of the same run."""
 
-    fraction: float = Field(0.1, gt=0, le=1)
+    fraction: float = Field(0.05, gt=0, le=1)
     lr: float = Field(5e-4, gt=0, description="student learning rate of the SR phase (new Adam, cosine)")
-    inner_rounds: int = Field(10, ge=1)
-    pert_lr: float = Field(0.1, gt=0)
-    l2: float = Field(1e-3, ge=0)
+    inner_rounds: int = Field(20, ge=1, description="perturbation-synthesis steps (paper: 10 or 20)")
+    pert_lr: float = Field(0.5, gt=0, description="perturbation Adam lr (paper: 0.1; MNIST's normalized "
+                           "range is wider, and a trigger pixel moves by ~3.2 units)")
+    l2: float = Field(1e-2, ge=0, description="L2 weight on the perturbation (paper: 0.001)")
     inner_step: float = Field(0.1, gt=0)
     k: int = Field(5, ge=1)
-    out_portion: float = Field(0.02, gt=0, le=1)
+    out_portion: float = Field(0.1, gt=0, le=1, description="patched fraction of the outer batch (paper: 0.02)")
     weight: float = Field(1.0, ge=0)
     hypergrad: bool = True
     pert_model: Literal["teacher", "student"] = "teacher"
     radius: float = Field(10.0, gt=0)
-    vaccine_weight: float = Field(0.1, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
+    l1: float = Field(0.01, ge=0, description="L1 weight on the synthesized perturbation (paper: 0)")
+    warm_start: bool = Field(True, description="start each synthesis from the last perturbation (paper: no)")
+    vaccine_weight: float = Field(0.3, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis)")
 
 
