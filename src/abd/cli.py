@@ -30,7 +30,8 @@ def _nested(annotation: object) -> bool:
     import typing
 
     origin = typing.get_origin(annotation)
-    return origin is dict or annotation is dict or (isinstance(annotation, type) and issubclass(annotation, Config))
+    is_config = isinstance(annotation, type) and issubclass(annotation, Config)
+    return origin is dict or annotation is dict or is_config
 
 
 def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
@@ -148,6 +149,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from abd.experiment.bench import run_bench
+    from abd.experiment.demo import DemoConfig
+
+    cfg = config_from_args(DemoConfig, args)
+    report = run_bench(cfg, args.out, args.targets)
+    print((Path(args.out) / "bench.md").read_text())
+    return 0 if report["passed"] == report["total"] or not args.strict else 1
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from abd.distill import METHODS
 
@@ -213,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(de, DemoConfig)
     de.add_argument("--out", type=Path, required=True, help="output directory")
     de.set_defaults(func=cmd_demo)
+
+    be = sub.add_parser("bench", help="run the demo and check it against the expected targets")
+    add_config_flags(be, DemoConfig)
+    be.add_argument("--out", type=Path, required=True, help="output directory")
+    be.add_argument("--targets", type=Path, default=None, help="YAML of checks (default: the packaged one)")
+    be.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    be.set_defaults(func=cmd_bench)
 
     me = sub.add_parser("methods", help="list KD methods")
     me.set_defaults(func=cmd_methods)
