@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# The tests use tiny models: one intra-op thread is as fast as several on an idle machine, and several
+# threads spin-wait badly when the cores are shared (measured on a busy 2-core machine: a LeNet epoch
+# 0.7 s with 1 thread vs 12 s with 2; tests/distill/test_engine.py 293 s -> 53 s).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def backdoored_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

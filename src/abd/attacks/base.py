@@ -23,11 +23,18 @@ class Trigger(ABC):
 
     ``clean_label`` triggers poison target-class images and keep their labels; others relabel
     non-target images to the target. ``seed`` fixes procedurally generated patterns.
+
+    Teacher defaults (``TeacherConfig`` uses them unless told otherwise): ``default_poison_rate``, the
+    poison rate, N = int(rate * len(train)) images (SPEC section 1), 0.1 as in the paper; and
+    ``default_cutout``, the side of the Cutout square (DeVries & Taylor 2017) of the teacher's
+    augmentation, as a fraction of the image side (0: none).
     """
 
     name: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False
     needs_surrogate: ClassVar[bool] = False
+    default_poison_rate: ClassVar[float] = 0.1
+    default_cutout: ClassVar[float] = 0.0
 
     def __init__(self, image_size: int = 32, channels: int = 3, seed: int = 0) -> None:
         if image_size < 4 or channels not in (1, 3):

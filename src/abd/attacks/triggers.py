@@ -251,10 +251,18 @@ class SIG(BlendTrigger):
     column stripes S(i, j) = 255 if (j mod period) >= period / 2 else 0, constant down each column,
     blended at ``alpha`` = 0.2. The period is 8 px at 28-32 px and scales down (at least 2) for small
     images so that the stripes stay a texture rather than a brightness ramp.
+
+    Teacher defaults (measured on mnist5k/lenet5, see the README): poisoning the whole target class
+    teaches "stripes = target" and the teacher fails on clean target images (target-class ACC 45 %), so
+    ``default_poison_rate`` 0.09 leaves about a tenth of a balanced 10-class target class clean; a
+    Cutout of half the image side (``default_cutout``) hides part of each poisoned digit now and then, so
+    that the label must be carried by the stripes (without it ASR varies from 24 % to 82 % over seeds).
     """
 
     name = "sig"
     clean_label = True
+    default_poison_rate = 0.09
+    default_cutout = 0.5
     alpha: ClassVar[float] = 0.2
 
     @property

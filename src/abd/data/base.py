@@ -11,6 +11,7 @@ import numpy as np
 from abd.registry import Registry
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
+DIGITS_ADV_EPS = 0.3  # the customary L-infinity budget for MNIST-like digits (Madry et al. 2018)
 
 
 class DataFormatError(ValueError):
@@ -22,7 +23,9 @@ class ImageDataset:
     """A classification dataset held in memory as uint8 NHWC arrays.
 
     ``mean``/``std`` are per-channel statistics in [0, 1] units used to normalize model inputs;
-    ``hflip`` says whether horizontal flips are a valid augmentation (off for digits).
+    ``hflip`` says whether horizontal flips are a valid augmentation (off for digits). ``adv_eps`` is the
+    data's customary L-infinity perturbation budget in [0, 1] units: 16/255 for natural images (the
+    clean-label reference), 0.3 for handwritten digits (Madry et al. 2018); the ``cl`` attack uses it.
     """
 
     name: str
@@ -35,6 +38,7 @@ class ImageDataset:
     std: tuple[float, ...]
     hflip: bool = True
     crop_padding: int = 4
+    adv_eps: float = 16 / 255
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

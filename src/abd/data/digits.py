@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from abd.data.base import DATASETS, DataFormatError, ImageDataset, channel_stats, seeded_split
+from abd.data.base import DATASETS, DIGITS_ADV_EPS, DataFormatError, ImageDataset, channel_stats, seeded_split
 
 N_TEST = 360
 
@@ -26,5 +26,5 @@ def load_digits(root: str | None = None, seed: int = 0) -> ImageDataset:
         name="digits",
         x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te],
         class_names=[str(i) for i in range(10)],
-        mean=mean, std=std, hflip=False, crop_padding=1,
+        mean=mean, std=std, hflip=False, adv_eps=DIGITS_ADV_EPS, crop_padding=1,
     )

@@ -19,7 +19,7 @@ class CheckpointError(ValueError):
 
 
 def save_model(directory: str | Path, stem: str, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``<stem>.safetensors`` (the state dict) and ``<stem>.json`` (``meta`` + architecture + versions)."""
+    """Write ``<stem>.safetensors`` (state dict) and ``<stem>.json`` (``meta``, architecture, versions)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -30,7 +30,7 @@ def save_model(directory: str | Path, stem: str, model: nn.Module, meta: dict[st
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors, or from a foreign .pt/.pth with ``torch.load(weights_only=True)``."""
+    """Read a state dict from safetensors, or a foreign .pt/.pth with ``torch.load(weights_only=True)``."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")

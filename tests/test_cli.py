@@ -1,0 +1,100 @@
+"""The ``abd`` command: teacher train/eval/table, the trigger gallery, listings and error exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from abd.attacks import list_triggers
+from abd.cli import main
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "teacher"
+    assert main(["teacher", "train", "--trigger", "badnet_grid", "--epochs", "1", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_teacher_train_writes_outputs(teacher_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("teacher.safetensors", "teacher.json", "metrics.json", "config.yaml"):
+        assert (teacher_dir / name).is_file()
+    meta = json.loads((teacher_dir / "teacher.json").read_text())
+    assert meta["config"]["epochs"] == 1 and meta["trigger"] == "badnet_grid"
+
+
+def test_teacher_eval_prints_metrics(teacher_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["teacher", "eval", str(teacher_dir), "--json"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((teacher_dir / "metrics.json").read_text())
+    assert "lenet5 on mnist5k, trigger badnet_grid" in out
+    assert f"ACC {100 * saved['acc']:.2f}% (n=1000)" in out
+    assert f"ASR {100 * saved['asr']:.2f}% (n=900)" in out and "RA " in out and "target-class ACC" in out
+    printed = json.loads(out[out.index("{"):])
+    assert printed["asr_n"] == 900 and printed["acc"] == pytest.approx(saved["acc"])
+
+
+def test_teacher_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["teacher", "table", "--triggers", "none,sig", "--epochs", "1", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "teacher_table.json").read_text())
+    assert [r["trigger"] for r in doc["rows"]] == ["none", "sig"]
+    assert doc["rows"][0]["poison_rate"] == 0.0 and doc["rows"][1]["n_poison"] > 0
+    md = (tmp_path / "teacher_table.md").read_text()
+    assert md.startswith("| trigger |") and "| sig |" in md and "none (clean; ASR of badnet_grid)" in md
+    assert (tmp_path / "sig" / "teacher.safetensors").is_file()
+    assert "2 teachers in" in capsys.readouterr().out
+
+
+def test_trigger_gallery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["triggers", "--out", str(tmp_path), "--n", "2"]) == 0
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == sorted(["triggers.png"] + [f"trigger_{t}.png" for t in list_triggers()])
+    assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "trigger gallery" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, suggestion",
+    [
+        (["teacher", "train", "--trigger", "badnett"], "badnet_grid"),
+        (["teacher", "train", "--dataset", "mnist5"], "mnist5k"),
+        (["teacher", "train", "--model", "lenet"], "lenet5"),
+        (["triggers", "--dataset", "digit"], "digits"),
+    ],
+)
+def test_unknown_names_exit_2(argv: list[str], suggestion: str, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("abd: error: unknown") and "Did you mean" in err and repr(suggestion) in err
+    assert not (tmp_path / "x" / "teacher.safetensors").exists()
+
+
+def test_invalid_value_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["teacher", "train", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_eval_missing_dir_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["teacher", "eval", str(tmp_path / "missing")]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+def test_listings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trigger-list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in list_triggers())
+    assert main(["models"]) == 0 and "lenet5" in capsys.readouterr().out
+    assert main(["datasets"]) == 0 and "mnist5k" in capsys.readouterr().out
+
+
+def test_console_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "abd.cli", "teacher", "train", "--trigger", "sigg",
+                           "--out", "unused"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Did you mean 'sig'" in proc.stderr
