@@ -18,8 +18,14 @@ from tqdm.auto import tqdm
 
 from abd.experiment.config import Config, TeacherConfig
 from abd.experiment.distill_config import DistillConfig, SROptions, SVOptions
-from abd.experiment.report import aggregate, markdown_table, plot_curves, plot_sample_grids, plot_trigger_vs_delta
-from abd.utils import read_jsonl, write_json
+from abd.experiment.report import (
+    aggregate,
+    markdown_table,
+    plot_curves,
+    plot_sample_grids,
+    plot_trigger_vs_delta,
+)
+from abd.utils import read_jsonl, torch_threads, write_json
 
 ARMS: dict[str, tuple[str, str]] = {  # arm -> (method, defense)
     "clean_kd": ("clean", "none"),
@@ -45,6 +51,7 @@ class DemoConfig(Config):
     sr: SROptions = Field(default_factory=SROptions)
     eval_every: int = Field(50, ge=1)
     device: str = "auto"
+    threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
 
 
 def _done(run_dir: Path, cfg_yaml: str) -> dict[str, Any] | None:
@@ -71,7 +78,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
     for seed in range(cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
         tcfg = TeacherConfig(dataset=cfg.dataset, model=cfg.teacher_model, trigger=cfg.trigger, seed=seed,
-                             device=cfg.device)
+                             device=cfg.device, threads=cfg.threads)
         tm = _done(tdir, tcfg.to_yaml())
         if tm is None:
             if progress:
@@ -83,7 +90,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
             dcfg = DistillConfig(
                 teacher=str(tdir), method=method, defense=defense, student=cfg.student,
                 method_options={"rounds": cfg.rounds}, sv=cfg.sv, sr=cfg.sr, eval_every=cfg.eval_every,
-                checkpoint_every=max(cfg.eval_every, 100), seed=seed, device=cfg.device,
+                checkpoint_every=max(cfg.eval_every, 100), seed=seed, device=cfg.device, threads=cfg.threads,
             )
             rdir = out / f"seed{seed}" / arm
             m = _done(rdir, dcfg.to_yaml())
@@ -92,7 +99,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
                     tqdm.write(f"[seed {seed}] {arm}")
                 resume = (rdir / "checkpoint.pt").is_file() and (rdir / "config.yaml").is_file() \
                     and (rdir / "config.yaml").read_text() == dcfg.to_yaml()
-                m = build_distiller(dcfg, rdir, progress=progress).run(resume=resume)
+                with torch_threads(cfg.threads):
+                    m = build_distiller(dcfg, rdir, progress=progress).run(resume=resume)
             per_arm[arm].append(m)
             if progress:
                 tqdm.write(f"[seed {seed}] {arm}: ACC {100 * m['acc']:.1f}%  ASR {100 * m['asr']:.1f}%  "
@@ -103,7 +111,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
         arms["zskt+sr"].update(aggregate([{"asr_at_sr_start": r.get("sr_start_metrics", {}).get("asr")}
                                           for r in per_arm["zskt+sr"]], ["asr_at_sr_start"]))
     if "zskt+sv" in per_arm and "zskt" in per_arm:
-        ratio = [s["seconds_per_step"] / v["seconds_per_step"] for s, v in zip(per_arm["zskt+sv"], per_arm["zskt"])]
+        ratio = [s["seconds_per_step"] / v["seconds_per_step"]
+                 for s, v in zip(per_arm["zskt+sv"], per_arm["zskt"])]
         arms["zskt+sv"].update(aggregate([{"time_ratio_vs_vanilla": r} for r in ratio], ["time_ratio_vs_vanilla"]))
     results = {"config": cfg.model_dump(mode="json"), "arms": arms,
                "wall_seconds": time.perf_counter() - t_start}

@@ -65,6 +65,8 @@ class DistillConfig(Config):
     data_root: str | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default); 1 is fastest for "
+                         "small nets on a shared 2-core machine")
 
     @field_validator("method")
     @classmethod

@@ -13,7 +13,7 @@ from abd.distill.engine import Distiller
 from abd.experiment.checkpoint import load_model
 from abd.experiment.distill_config import DistillConfig
 from abd.models import create_model
-from abd.utils import resolve_device, seed_everything
+from abd.utils import resolve_device, seed_everything, torch_threads
 
 
 def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) -> Distiller:
@@ -47,4 +47,5 @@ def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = Tr
 def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False,
                 progress: bool = True) -> dict[str, Any]:
     """Distill as `cfg` says into `out_dir` (continuing an interrupted run with `resume`)."""
-    return build_distiller(cfg, out_dir, progress).run(resume=resume)
+    with torch_threads(cfg.threads):
+        return build_distiller(cfg, out_dir, progress).run(resume=resume)
