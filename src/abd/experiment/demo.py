@@ -117,8 +117,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
     results = {"config": cfg.model_dump(mode="json"), "arms": arms,
                "wall_seconds": time.perf_counter() - t_start}
     write_json(out / "results.json", results)
-    table = markdown_table(arms, [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
-                                  ("seconds", "seconds", "s")])
+    columns = [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
+               ("seconds", "seconds", "s")]
+    table = markdown_table(arms, columns)
     note = (f"\n{cfg.seeds} seed(s); ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
             f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n")
     (out / "results.md").write_text(f"# abd demo: {cfg.trigger} teacher on {cfg.dataset}\n\n{table}{note}")
