@@ -1,6 +1,6 @@
 """Distillation: the engine, the KD-method registry and the methods."""
 
-from abd.distill import clean, zskt  # noqa: F401  (register methods)
+from abd.distill import clean, cmi, dafl, deepinv, dfad, ood, zskt  # noqa: F401  (register methods)
 from abd.distill.base import METHODS, KDContext, KDMethod, MethodOptions, create_method, register_method
 
 __all__ = ["METHODS", "KDContext", "KDMethod", "MethodOptions", "create_method", "register_method"]
