@@ -41,7 +41,7 @@ class CMIOptions(MethodOptions):
     temperature: float = Field(20.0, gt=0, description="student KL temperature (batch-mean KL * T^2)")
     synth_batch: int = Field(64, ge=1, description="images per synthesis")
     g_steps: int = Field(20, ge=1, description="generator iterations per synthesis (paper: 200)")
-    g_steps_per_round: int = Field(2, ge=1, description="synthesis iterations run per round")
+    g_steps_per_round: int = Field(1, ge=1, description="synthesis iterations run per round")
     lr_g: float = Field(1e-2, gt=0, description="Adam learning rate of generator, latents and head "
                         "(paper: 1e-3 over 200 iterations)")
     z_dim: int = Field(100, ge=1, description="latent size (paper: 256)")

@@ -41,8 +41,8 @@ class DeepInvOptions(MethodOptions):
     lr: float = 2e-3
     temperature: float = Field(20.0, gt=0, description="student KL temperature (batch-mean KL * T^2)")
     synth_batch: int = Field(64, ge=1, description="images per synthesis")
-    g_steps: int = Field(50, ge=1, description="pixel-optimization iterations per synthesis")
-    g_steps_per_round: int = Field(5, ge=1, description="synthesis iterations run per round")
+    g_steps: int = Field(40, ge=1, description="pixel-optimization iterations per synthesis (paper: 1,000)")
+    g_steps_per_round: int = Field(4, ge=1, description="synthesis iterations run per round")
     lr_g: float = Field(0.1, gt=0, description="Adam learning rate on the pixels (betas 0.5, 0.99)")
     bn: float = Field(10.0, ge=0, description="weight of the BN-statistics loss")
     oh: float = Field(1.0, ge=0, description="weight of the one-hot CE on the random targets")
@@ -75,8 +75,8 @@ class DeepInversion(KDMethod):
         self.opts: DeepInvOptions = opts
         check_bn_teacher(ctx.teacher, "deepinv")
         self.norm = Normalize(ctx.mean, ctx.std).to(ctx.device)
-        self.low, self.high = self.norm(torch.zeros(1, ctx.channels, 1, 1, device=ctx.device)), \
-            self.norm(torch.ones(1, ctx.channels, 1, 1, device=ctx.device))
+        black = torch.zeros(1, ctx.channels, 1, 1, device=ctx.device)
+        self.low, self.high = self.norm(black), self.norm(black + 1)  # valid normalized pixel range
         self.pool = SamplePool(opts.pool_size)
         self._new_synthesis()
 
