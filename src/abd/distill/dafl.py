@@ -17,7 +17,7 @@ from pydantic import Field
 
 from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
 from abd.distill.losses import class_balance, kl_batchmean, kl_per_sample
-from abd.distill.synthesis import normalized_generator
+from abd.distill.synthesis import generator_step, normalized_generator
 from abd.models.hooks import penultimate_features
 
 
@@ -83,15 +83,7 @@ class DAFL(KDMethod):
             loss = o.oh * loss_oh + o.act * loss_act + o.balance * loss_bal
             logs.update(loss_g=float(loss.detach()), loss_oh=float(loss_oh.detach()),
                         loss_act=float(loss_act.detach()), loss_balance=float(loss_bal.detach()))
-            if hook is not None:
-                extra, hook_logs = hook(x, t)
-                loss = loss + extra
-                logs.update(hook_logs)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.generator.parameters(), o.grad_clip)
-            self.opt_g.step()
+            generator_step(loss, x, t, hook, self.opt_g, self.generator, o.grad_clip, logs)
         return logs
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
 from abd.distill.losses import l1_mean, l1_per_sample
-from abd.distill.synthesis import frozen, normalized_generator
+from abd.distill.synthesis import frozen, generator_step, normalized_generator
 
 
 class DFADOptions(MethodOptions):
@@ -74,15 +74,7 @@ class DFAD(KDMethod):
                 s = ctx.student(x)
                 loss = -o.adv * l1_mean(t, s)
                 logs["loss_g"] = float(loss.detach())
-                if hook is not None:
-                    extra, hook_logs = hook(x, t)
-                    loss = loss + extra
-                    logs.update(hook_logs)
-                self.opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-                if o.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(self.generator.parameters(), o.grad_clip)
-                self.opt_g.step()
+                generator_step(loss, x, t, hook, self.opt_g, self.generator, o.grad_clip, logs)
         return logs
 
     @torch.no_grad()

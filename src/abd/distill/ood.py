@@ -38,7 +38,7 @@ class OODOptions(MethodOptions):
     """OOD-KD options; CPU defaults for LeNet-5 -> LeNet-5-half on 28x28 digits (the paper preset: 50,000
     patches, batch 512, 300 epochs; the reference's step schedule is replaced by the engine's cosine)."""
 
-    rounds: int = Field(4000, ge=1, description="student steps")
+    rounds: int = Field(6000, ge=1, description="student steps")
     batch_size: int = 128
     lr: float = Field(3e-3, description="Adam learning rate (paper: 1e-3 over 29k steps of batch 512)")
     temperature: float = 8.0

@@ -4,7 +4,7 @@ BatchNorm-statistics hooks with a clear error, and DeepInversion's jitter."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -145,3 +145,25 @@ def jitter_flip(x: torch.Tensor, lim: int, flip: bool) -> torch.Tensor:
     if flip and random.random() < 0.5:
         x = x.flip(3)
     return x
+
+
+def generator_step(
+    loss: torch.Tensor,
+    x: torch.Tensor,
+    t_logits: torch.Tensor,
+    hook: Callable | None,
+    opt: torch.optim.Optimizer,
+    generator: nn.Module,
+    grad_clip: float | None,
+    logs: dict[str, float],
+) -> None:
+    """One generator update: add the synthesis hook's term (the SV seam), back-propagate, clip, step."""
+    if hook is not None:
+        extra, hook_logs = hook(x, t_logits)
+        loss = loss + extra
+        logs.update(hook_logs)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(generator.parameters(), grad_clip)
+    opt.step()

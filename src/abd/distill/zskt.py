@@ -14,6 +14,7 @@ from pydantic import Field
 
 from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
 from abd.distill.losses import attention_map, kl_elementwise, kl_mean
+from abd.distill.synthesis import generator_step
 from abd.models.generators import create_generator
 
 
@@ -62,15 +63,7 @@ class ZSKT(KDMethod):
             s = ctx.student(x)
             loss = -kl_mean(t, s, o.temperature)
             logs["loss_g"] = float(loss.detach())
-            if hook is not None:
-                extra, hook_logs = hook(x, t)
-                loss = loss + extra
-                logs.update(hook_logs)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.generator.parameters(), o.grad_clip)
-            self.opt_g.step()
+            generator_step(loss, x, t, hook, self.opt_g, self.generator, o.grad_clip, logs)
         return logs
 
     def sample(self) -> torch.Tensor:
