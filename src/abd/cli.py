@@ -132,7 +132,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     sr = cfg.sr.model_copy(update=_parse_options(args.sr))
     cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts, "sv": sv.model_dump(),
                            "sr": sr.model_dump()})
-    m = run_distill(cfg, args.out, resume=args.resume)
+    m = run_distill(cfg, args.out, resume=args.resume, branch_from=args.branch_from)
     print(f"student -> {args.out}: {format_metrics(m)}, {m['seconds']:.1f} s "
           f"({1000 * m['seconds_per_step']:.1f} ms/round)")
     return 0
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--sv", action="append", metavar="KEY=VALUE", help="Shuffling-Vaccine option")
     di.add_argument("--sr", action="append", metavar="KEY=VALUE", help="Self-Retrospection option")
     di.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    di.add_argument("--branch-from", type=Path, default=None, metavar="RUN",
+                    help="an SR run (--defense sr|abd) starts from RUN/sr_branch.pt, the state of the same "
+                         "run without SR (none|sv) at the SR start round, and runs only the SR phase")
     di.set_defaults(func=cmd_distill)
 
     de = sub.add_parser("demo", help="the paper's core result on embedded data (the README's main job)")

@@ -7,6 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file
 
+import pytest
+
+from abd.distill.engine import BRANCH_FILE, BranchError
 from abd.experiment.demo import ARMS, DemoConfig, run_demo
 from abd.experiment.distill_config import DistillConfig
 from abd.experiment.runs import build_distiller
@@ -20,21 +23,53 @@ def _cfg(teacher_dir, defense: str, rounds: int = 6) -> DistillConfig:
     )
 
 
+def _assert_same_run(a_dir, b_dir, a: dict, b: dict) -> None:
+    """Two finished runs with the same numbers, bit-identical students and the same curves."""
+    for key in ("acc", "asr", "ra", "target_acc"):
+        assert a[key] == b[key], key
+    wa, wb = load_file(str(a_dir / "student.safetensors")), load_file(str(b_dir / "student.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def curve(d):
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                for x in (d / "curve.jsonl").read_text().splitlines()]
+
+    assert curve(a_dir) == curve(b_dir)
+
+
 def test_interrupted_run_resumes_to_the_same_numbers(backdoored_teacher_dir, tmp_path) -> None:
     cfg = _cfg(backdoored_teacher_dir, "abd")
     full = build_distiller(cfg, tmp_path / "full", progress=False).run()
     assert build_distiller(cfg, tmp_path / "cut", progress=False).run(stop_after=3) is None
     assert (tmp_path / "cut" / "checkpoint.pt").is_file()
     resumed = build_distiller(cfg, tmp_path / "cut", progress=False).run(resume=True)
-    for key in ("acc", "asr", "ra", "target_acc"):
-        assert resumed[key] == full[key], key
-    a = load_file(str(tmp_path / "full" / "student.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "student.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    curve_full = [json.loads(x) for x in (tmp_path / "full" / "curve.jsonl").read_text().splitlines()]
-    curve_cut = [json.loads(x) for x in (tmp_path / "cut" / "curve.jsonl").read_text().splitlines()]
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in curve_full]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in curve_cut]
+    _assert_same_run(tmp_path / "full", tmp_path / "cut", full, resumed)
+
+
+@pytest.mark.parametrize(("defense", "parent"), [("sr", "none"), ("abd", "sv")])
+def test_sr_run_branched_from_its_no_sr_run_equals_the_full_run(backdoored_teacher_dir, tmp_path, defense,
+                                                                 parent) -> None:
+    full = build_distiller(_cfg(backdoored_teacher_dir, defense), tmp_path / "full", progress=False).run()
+    assert not (tmp_path / "full" / BRANCH_FILE).exists()  # runs with SR keep no branch state
+    build_distiller(_cfg(backdoored_teacher_dir, parent), tmp_path / "parent", progress=False).run()
+    assert (tmp_path / "parent" / BRANCH_FILE).is_file()
+    branched = build_distiller(_cfg(backdoored_teacher_dir, defense), tmp_path / "branch",
+                               progress=False).run(branch_from=tmp_path / "parent")
+    _assert_same_run(tmp_path / "full", tmp_path / "branch", full, branched)
+    assert branched["seconds"] > branched["sr_seconds"] > 0  # its time includes the parent's rounds
+
+
+def test_branching_from_a_different_run_is_refused(backdoored_teacher_dir, tmp_path) -> None:
+    build_distiller(_cfg(backdoored_teacher_dir, "none"), tmp_path / "parent", progress=False).run()
+    with pytest.raises(BranchError, match="'abd' run branches from a 'sv' run"):
+        build_distiller(_cfg(backdoored_teacher_dir, "abd"), tmp_path / "x", progress=False).run(
+            branch_from=tmp_path / "parent")
+    other = _cfg(backdoored_teacher_dir, "sr").model_copy(update={"seed": 1})
+    with pytest.raises(BranchError, match="seed"):
+        build_distiller(other, tmp_path / "y", progress=False).run(branch_from=tmp_path / "parent")
+    with pytest.raises(BranchError, match="no sr_branch.pt"):
+        build_distiller(_cfg(backdoored_teacher_dir, "sr"), tmp_path / "z", progress=False).run(
+            branch_from=tmp_path / "y")
 
 
 def test_same_seed_same_numbers_and_sr_phase_diverges_from_vanilla(backdoored_teacher_dir, tmp_path) -> None:

@@ -64,6 +64,8 @@ class SelfRetrospection:
         l1: weight of ||delta||_1 in the synthesis (0 in the paper); favours small, patch-like triggers.
         warm_start: start each synthesis from the previous delta instead of zero (the paper restarts), so
             a trigger found once is kept and refined across steps.
+        reuse_delta: when a step sees the very batch tensor of the previous step (ZSKT trains kd_steps
+            times on one pseudo-batch), reuse its delta instead of synthesizing again.
 
     Usage in any KD loop, in the final phase of training:
 
@@ -92,6 +94,7 @@ class SelfRetrospection:
         vaccine_weight: float = 0.1,
         l1: float = 0.0,
         warm_start: bool = False,
+        reuse_delta: bool = False,
     ) -> None:
         if pert_model not in ("teacher", "student"):
             raise ValueError(f"pert_model must be 'teacher' or 'student', got {pert_model!r}")
@@ -103,8 +106,9 @@ class SelfRetrospection:
         self.hypergrad, self.radius, self.divergence = hypergrad, radius, divergence
         self.generator = generator
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
-        self.l1, self.warm_start = l1, warm_start
+        self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
         self.last_delta: torch.Tensor | None = None
+        self._last_x: torch.Tensor | None = None
 
     def synthesize(self, x: torch.Tensor) -> torch.Tensor:
         """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output."""
@@ -177,7 +181,11 @@ class SelfRetrospection:
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One SR step on batch `x`: call after ``optimizer.zero_grad()``; returns a loss to add to the KD
         loss (zero for the hypergradient variant, whose gradient is accumulated into ``.grad`` here)."""
-        delta = self.synthesize(x)
+        if self.reuse_delta and self.last_delta is not None and x is self._last_x:
+            delta = self.last_delta
+        else:
+            delta = self.synthesize(x)
+        self._last_x = x
         if not self.hypergrad:
             delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
             self.last_delta = delta

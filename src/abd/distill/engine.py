@@ -37,6 +37,19 @@ def make_optimizer(params, kind: str, lr: float, momentum: float = 0.9, weight_d
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+class BranchError(ValueError):
+    """A run cannot branch from the given directory (incompatible configuration or no branch state)."""
+
+
+BRANCH_FILE = "sr_branch.pt"
+BRANCH_PARENT = {"sr": "none", "abd": "sv"}  # an SR run branches from the same run without SR
+
+
+def sr_start_round(rounds: int, fraction: float) -> int:
+    """The first round of the SR phase: SR runs over the final `fraction` of `rounds` (at least one)."""
+    return rounds - max(1, int(round(fraction * rounds)))
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -64,7 +77,9 @@ class Distiller:
 
     Files: ``curve.jsonl`` (periodic ACC/ASR and losses), ``checkpoint.pt`` (everything needed to resume,
     loaded with ``weights_only=True``), and at the end ``student.safetensors``/``student.json`` and
-    ``metrics.json``.
+    ``metrics.json``. A run without SR also keeps ``sr_branch.pt``, its state where the SR phase would
+    start: the same run with SR can branch from it (the paper's protocol, SPEC 6.1) and is then exactly
+    the run that would have had SR from the start, with this run as its no-SR control.
     """
 
     def __init__(
@@ -104,17 +119,19 @@ class Distiller:
             self.sv.enabled = not self.sv_pending
 
         self.sr: SelfRetrospection | None = None
+        self.branch_round = sr_start_round(self.rounds, cfg.sr.fraction)
         self.sr_start = self.rounds
         self.sr_started = False
         if cfg.use_sr:
             r = cfg.sr
-            self.sr_start = self.rounds - max(1, int(round(r.fraction * self.rounds)))
+            self.sr_start = self.branch_round
             self.sr = SelfRetrospection(
                 self.student, self.teacher, pert_model=r.pert_model, inner_rounds=r.inner_rounds,
                 pert_lr=r.pert_lr, l2=r.l2, inner_step=r.inner_step, k=r.k, out_portion=r.out_portion,
                 weight=r.weight, hypergrad=r.hypergrad, radius=r.radius, divergence=self.method.divergence,
                 generator=torch.Generator().manual_seed(cfg.seed + 29),
                 vaccine=self.sv, vaccine_weight=r.vaccine_weight, l1=r.l1, warm_start=r.warm_start,
+                reuse_delta=r.reuse_delta,
             )
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
@@ -191,15 +208,48 @@ class Distiller:
         m.pop("per_class_acc", None)
         return m
 
-    def run(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
+    def check_branch(self, parent: str | Path) -> Path:
+        """The branch state of `parent`, after checking that this run is that run with SR added."""
+        from abd.experiment.distill_config import DistillConfig
+
+        parent = Path(parent)
+        state, cfg_file = parent / BRANCH_FILE, parent / "config.yaml"
+        if self.cfg.defense not in BRANCH_PARENT:
+            raise BranchError(f"only SR runs (defense sr or abd) branch; this run's defense is {self.cfg.defense!r}")
+        if not state.is_file() or not cfg_file.is_file():
+            raise BranchError(f"{parent} has no {BRANCH_FILE} and config.yaml: branch from a run without SR "
+                              "that reached its SR start round")
+        pcfg = DistillConfig.load(cfg_file)
+        want = BRANCH_PARENT[self.cfg.defense]
+        if pcfg.defense != want:
+            raise BranchError(f"a {self.cfg.defense!r} run branches from a {want!r} run, not {pcfg.defense!r}")
+        ignore = {"defense", "sr", "eval_every", "checkpoint_every", "device", "threads"}
+        mine, theirs = self.cfg.model_dump(exclude=ignore), pcfg.model_dump(exclude=ignore)
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise BranchError(f"{parent} differs from this run in {diff}: it is not the same run without SR")
+        if sr_start_round(pcfg.method_options.get("rounds", self.rounds), pcfg.sr.fraction) != self.sr_start:
+            raise BranchError(f"{parent} saved its branch state for SR fraction {pcfg.sr.fraction}, this run "
+                              f"starts SR at round {self.sr_start}")
+        return state
+
+    def run(self, resume: bool = False, stop_after: int | None = None,
+            branch_from: str | Path | None = None) -> dict[str, Any] | None:
         """Distill for the configured rounds (continuing from ``checkpoint.pt`` with ``resume``).
 
+        ``branch_from``: the directory of the same run without SR; its state at the SR start round is
+        loaded and only the SR phase runs (``resume`` wins when this run has its own checkpoint).
         ``stop_after`` simulates an interruption: the run checkpoints and returns None after that round.
         """
         ckpt = self.out / "checkpoint.pt"
+        source = None
         if resume and ckpt.is_file():
-            self._load_checkpoint(ckpt)
-            records = [r for r in read_jsonl(self.out / "curve.jsonl") if r.get("round", 0) <= self.round]
+            source = (ckpt, self.out / "curve.jsonl")
+        elif branch_from is not None:
+            source = (self.check_branch(branch_from), Path(branch_from) / "curve.jsonl")
+        if source is not None:
+            self._load_checkpoint(source[0])
+            records = [r for r in read_jsonl(source[1]) if r.get("round", 0) <= self.round]
             self.log = JsonLines(self.out / "curve.jsonl")
             for r in records:
                 self.log.write(r)
@@ -241,6 +291,8 @@ class Distiller:
                 bar.set_postfix(acc=f"{m['acc']:.3f}", asr=f"{m.get('asr', float('nan')):.3f}")
             if self.round % self.cfg.checkpoint_every == 0 and self.round < self.rounds:
                 self._save_checkpoint(ckpt)
+            if self.sr is None and self.round == self.branch_round:
+                self._save_checkpoint(self.out / BRANCH_FILE)
             if stop_after is not None and self.round == stop_after:
                 self._save_checkpoint(ckpt)
                 return None

@@ -2,7 +2,8 @@
 
 Trains (or reuses) a BadNets-grid LeNet-5 teacher on mnist5k, then distills it into LeNet-5-half students
 with clean KD, vanilla ZSKT, ZSKT+SV, ZSKT+SR and ZSKT+ABD (SV and SR), for one or more seeds, and writes
-``results.json``, ``results.md`` and PNG figures.
+``results.json``, ``results.md`` and PNG figures. The SR arms branch from the state their no-SR arm saved
+at the SR start round, so that arm is also the control for the SR phase.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ ARMS: dict[str, tuple[str, str]] = {  # arm -> (method, defense)
     "zskt+sr": ("zskt", "sr"),
     "zskt+abd": ("zskt", "abd"),
 }
+BRANCHES = {"zskt+sr": "zskt", "zskt+abd": "zskt+sv"}  # SR arms branch from their no-SR arm (SPEC 6.1)
 KEYS = ("acc", "asr", "ra", "target_acc", "seconds", "seconds_per_step")
 
 
@@ -65,6 +67,7 @@ def _done(run_dir: Path, cfg_yaml: str) -> dict[str, Any] | None:
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every seed and arm; write results.json, results.md and figures into `out_dir`."""
     from abd.attacks.teacher import train_teacher
+    from abd.distill.engine import BRANCH_FILE
     from abd.experiment.runs import build_distiller
 
     out = Path(out_dir)
@@ -99,8 +102,10 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
                     tqdm.write(f"[seed {seed}] {arm}")
                 resume = (rdir / "checkpoint.pt").is_file() and (rdir / "config.yaml").is_file() \
                     and (rdir / "config.yaml").read_text() == dcfg.to_yaml()
+                parent = out / f"seed{seed}" / BRANCHES.get(arm, "")
+                branch = parent if arm in BRANCHES and (parent / BRANCH_FILE).is_file() else None
                 with torch_threads(cfg.threads):
-                    m = build_distiller(dcfg, rdir, progress=progress).run(resume=resume)
+                    m = build_distiller(dcfg, rdir, progress=progress).run(resume=resume, branch_from=branch)
             per_arm[arm].append(m)
             if progress:
                 tqdm.write(f"[seed {seed}] {arm}: ACC {100 * m['acc']:.1f}%  ASR {100 * m['asr']:.1f}%  "

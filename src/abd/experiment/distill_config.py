@@ -45,6 +45,8 @@ class SROptions(Config):
     radius: float = Field(10.0, gt=0)
     l1: float = Field(0.01, ge=0, description="L1 weight on the synthesized perturbation (paper: 0)")
     warm_start: bool = Field(True, description="start each synthesis from the last perturbation (paper: no)")
+    reuse_delta: bool = Field(True, description="reuse the perturbation while the method repeats a batch "
+                              "(ZSKT's kd_steps; the paper re-synthesizes on every step)")
     vaccine_weight: float = Field(0.3, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis)")
 

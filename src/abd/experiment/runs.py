@@ -44,8 +44,9 @@ def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = Tr
     return Distiller(cfg, ctx, eval_data, out, progress=progress)
 
 
-def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False,
-                progress: bool = True) -> dict[str, Any]:
-    """Distill as `cfg` says into `out_dir` (continuing an interrupted run with `resume`)."""
+def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                branch_from: str | Path | None = None) -> dict[str, Any]:
+    """Distill as `cfg` says into `out_dir` (continuing an interrupted run with `resume`; an SR run can
+    branch from the same run without SR with `branch_from`)."""
     with torch_threads(cfg.threads):
-        return build_distiller(cfg, out_dir, progress).run(resume=resume)
+        return build_distiller(cfg, out_dir, progress).run(resume=resume, branch_from=branch_from)
