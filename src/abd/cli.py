@@ -159,6 +159,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if report["passed"] == report["total"] or not args.strict else 1
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from abd.experiment.grid import GridConfig, run_grid
+
+    cfg = config_from_args(GridConfig, args)
+    results = run_grid(cfg, args.out)
+    print((Path(args.out) / "grid.md").read_text())
+    print(f"results -> {args.out}/grid.json, grid.md, grid.png ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from abd.distill import METHODS
 
@@ -182,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     from abd.experiment.config import TeacherConfig
     from abd.experiment.demo import DemoConfig
     from abd.experiment.distill_config import DistillConfig
+    from abd.experiment.grid import GridConfig
 
     p = argparse.ArgumentParser(prog="abd", description="Backdoor-safe data-free knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -234,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--targets", type=Path, default=None, help="YAML of checks (default: the packaged one)")
     be.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     be.set_defaults(func=cmd_bench)
+
+    gr = sub.add_parser("grid", help="every KD method x defense on one poisoned teacher, over seeds")
+    add_config_flags(gr, GridConfig)
+    gr.add_argument("--out", type=Path, required=True, help="output directory")
+    gr.set_defaults(func=cmd_grid)
 
     me = sub.add_parser("methods", help="list KD methods")
     me.set_defaults(func=cmd_methods)

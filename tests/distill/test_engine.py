@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
-
-import pytest
 
 from abd.distill.engine import BRANCH_FILE, BranchError
 from abd.experiment.demo import ARMS, DemoConfig, run_demo

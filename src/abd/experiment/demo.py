@@ -8,7 +8,6 @@ at the SR start round, so that arm is also the control for the SR phase.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from abd.experiment.report import (
     plot_sample_grids,
     plot_trigger_vs_delta,
 )
-from abd.utils import read_jsonl, torch_threads, write_json
+from abd.utils import read_jsonl, write_json
 
 ARMS: dict[str, tuple[str, str]] = {  # arm -> (method, defense)
     "clean_kd": ("clean", "none"),
@@ -56,19 +55,9 @@ class DemoConfig(Config):
     threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
 
 
-def _done(run_dir: Path, cfg_yaml: str) -> dict[str, Any] | None:
-    """The metrics of a finished run with the same configuration, if any."""
-    m, c = run_dir / "metrics.json", run_dir / "config.yaml"
-    if m.is_file() and c.is_file() and c.read_text() == cfg_yaml:
-        return json.loads(m.read_text())
-    return None
-
-
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every seed and arm; write results.json, results.md and figures into `out_dir`."""
-    from abd.attacks.teacher import train_teacher
-    from abd.distill.engine import BRANCH_FILE
-    from abd.experiment.runs import build_distiller
+    from abd.experiment.runs import ensure_teacher, run_or_reuse
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,12 +71,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
         tdir = out / f"seed{seed}" / "teacher"
         tcfg = TeacherConfig(dataset=cfg.dataset, model=cfg.teacher_model, trigger=cfg.trigger, seed=seed,
                              device=cfg.device, threads=cfg.threads)
-        tm = _done(tdir, tcfg.to_yaml())
-        if tm is None:
-            if progress:
-                tqdm.write(f"[seed {seed}] training the {cfg.trigger} teacher")
-            tm = train_teacher(tcfg, tdir, progress=False)
-        teachers.append(tm)
+        if progress:
+            tqdm.write(f"[seed {seed}] {cfg.trigger} teacher")
+        teachers.append(ensure_teacher(tcfg, tdir))
         for arm in cfg.arms:
             method, defense = ARMS[arm]
             dcfg = DistillConfig(
@@ -95,17 +81,10 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
                 method_options={"rounds": cfg.rounds}, sv=cfg.sv, sr=cfg.sr, eval_every=cfg.eval_every,
                 checkpoint_every=max(cfg.eval_every, 100), seed=seed, device=cfg.device, threads=cfg.threads,
             )
-            rdir = out / f"seed{seed}" / arm
-            m = _done(rdir, dcfg.to_yaml())
-            if m is None:
-                if progress:
-                    tqdm.write(f"[seed {seed}] {arm}")
-                resume = (rdir / "checkpoint.pt").is_file() and (rdir / "config.yaml").is_file() \
-                    and (rdir / "config.yaml").read_text() == dcfg.to_yaml()
-                parent = out / f"seed{seed}" / BRANCHES.get(arm, "")
-                branch = parent if arm in BRANCHES and (parent / BRANCH_FILE).is_file() else None
-                with torch_threads(cfg.threads):
-                    m = build_distiller(dcfg, rdir, progress=progress).run(resume=resume, branch_from=branch)
+            if progress:
+                tqdm.write(f"[seed {seed}] {arm}")
+            parent = out / f"seed{seed}" / BRANCHES[arm] if arm in BRANCHES else None
+            m = run_or_reuse(dcfg, out / f"seed{seed}" / arm, parent, progress)
             per_arm[arm].append(m)
             if progress:
                 tqdm.write(f"[seed {seed}] {arm}: ACC {100 * m['acc']:.1f}%  ASR {100 * m['asr']:.1f}%  "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from abd.data import load_dataset
 from abd.distill.base import KDContext
 from abd.distill.engine import Distiller
 from abd.experiment.checkpoint import load_model
+from abd.experiment.config import TeacherConfig
 from abd.experiment.distill_config import DistillConfig
 from abd.models import create_model
 from abd.utils import resolve_device, seed_everything, torch_threads
@@ -50,3 +53,43 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, p
     branch from the same run without SR with `branch_from`)."""
     with torch_threads(cfg.threads):
         return build_distiller(cfg, out_dir, progress).run(resume=resume, branch_from=branch_from)
+
+
+def finished(run_dir: str | Path, cfg_yaml: str) -> dict[str, Any] | None:
+    """The metrics of a finished run in `run_dir` with exactly this configuration, if any."""
+    m, c = Path(run_dir) / "metrics.json", Path(run_dir) / "config.yaml"
+    if m.is_file() and c.is_file() and c.read_text() == cfg_yaml:
+        return json.loads(m.read_text())
+    return None
+
+
+def ensure_teacher(cfg: TeacherConfig, teacher_dir: str | Path) -> dict[str, Any]:
+    """Train the teacher `cfg` describes into `teacher_dir`, or reuse it when it is already there."""
+    from abd.attacks.teacher import train_teacher
+
+    m = finished(teacher_dir, cfg.to_yaml())
+    return m if m is not None else train_teacher(cfg, teacher_dir, progress=False)
+
+
+def run_or_reuse(cfg: DistillConfig, run_dir: str | Path, parent: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """The metrics of run `cfg` in `run_dir`: reused when finished, resumed when interrupted, else run
+    (an SR run branches from `parent`, the same run without SR, when that saved its branch state)."""
+    from abd.distill.engine import BRANCH_FILE, BranchError
+
+    run_dir = Path(run_dir)
+    m = finished(run_dir, cfg.to_yaml())
+    if m is not None:
+        return m
+    resume = (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file() \
+        and (run_dir / "config.yaml").read_text() == cfg.to_yaml()
+    branch = parent if parent is not None and (Path(parent) / BRANCH_FILE).is_file() else None
+    with torch_threads(cfg.threads):
+        distiller = build_distiller(cfg, run_dir, progress)
+        if branch is not None and not resume:
+            try:
+                distiller.check_branch(branch)
+            except BranchError as e:  # a stale parent: run the whole thing instead
+                warnings.warn(f"not branching from {branch}: {e}", stacklevel=2)
+                branch = None
+        return distiller.run(resume=resume, branch_from=branch)

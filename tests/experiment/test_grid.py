@@ -1,0 +1,27 @@
+"""``abd grid``: methods x defenses, with SR runs branched from their no-SR runs."""
+
+from __future__ import annotations
+
+import json
+
+from abd.experiment.grid import GridConfig, run_grid
+
+
+def test_grid_runs_every_cell_and_branches_sr_runs(tmp_path) -> None:
+    cfg = GridConfig(seeds=1, methods=["zskt", "dafl"], defenses=["none", "abd"], rounds={"zskt": 4, "dafl": 4},
+                     eval_every=2, device="cpu", sv={"verify_rounds": 1, "verify_max_samples": 64},
+                     sr={"fraction": 0.5, "inner_rounds": 2})
+    res = run_grid(cfg, tmp_path, progress=False)
+    # the ABD runs needed their SV parents, which ran too
+    assert set(res["rows"]) == {"teacher", *(f"{m}+{d}" for m in ("zskt", "dafl") for d in ("none", "sv", "abd"))}
+    assert res["rows"]["teacher"]["asr"] > 0.9
+    for key, row in res["rows"].items():
+        assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0, key
+    for m in ("zskt", "dafl"):
+        abd = [json.loads(x) for x in (tmp_path / "seed0" / f"{m}+abd" / "curve.jsonl").read_text().splitlines()]
+        sv = [json.loads(x) for x in (tmp_path / "seed0" / f"{m}+sv" / "curve.jsonl").read_text().splitlines()]
+        assert abd[: len(abd) - 1] == sv[: len(abd) - 1]  # ABD's run up to SR is its SV parent's
+        assert json.loads((tmp_path / "seed0" / f"{m}+abd" / "metrics.json").read_text())["sr_start_round"] == 2
+    md = (tmp_path / "grid.md").read_text()
+    assert "| zskt+abd |" in md and "| dafl+none |" in md and "+sv |" not in md
+    assert (tmp_path / "grid.png").stat().st_size > 0
