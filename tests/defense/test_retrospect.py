@@ -69,3 +69,21 @@ def test_hypergradient_step_accumulates_into_student_grads() -> None:
     loss = plain.step(x)
     assert loss.requires_grad and torch.isfinite(loss)
     assert float(plain.last_delta.norm()) <= plain.radius + 1e-4
+
+
+def test_reuse_delta_synthesizes_once_per_repeated_batch(backdoored_teacher_dir, monkeypatch) -> None:
+    teacher, _ = load_model(backdoored_teacher_dir)
+    teacher.eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+    calls = []
+    for reuse, expected in ((True, 2), (False, 3)):
+        sr = SelfRetrospection(student, teacher, inner_rounds=2, reuse_delta=reuse)
+        real = sr.synthesize
+        monkeypatch.setattr(sr, "synthesize", lambda x, real=real: calls.append(1) or real(x))
+        x, y = torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)
+        calls.clear()
+        for batch in (x, x, y):  # ZSKT: the same pseudo-batch for its kd_steps, then a new one
+            student.zero_grad()
+            sr.step(batch)
+        assert len(calls) == expected
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())

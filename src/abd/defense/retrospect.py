@@ -95,8 +95,6 @@ class SelfRetrospection:
         l1: float = 0.0,
         warm_start: bool = False,
         reuse_delta: bool = False,
-        freeze_head: bool = False,
-        bound: torch.Tensor | float | None = None,
     ) -> None:
         if pert_model not in ("teacher", "student"):
             raise ValueError(f"pert_model must be 'teacher' or 'student', got {pert_model!r}")
@@ -111,8 +109,6 @@ class SelfRetrospection:
         self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
         self.last_delta: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
-        self.freeze_head = freeze_head
-        self.bound = torch.as_tensor(bound).reshape(1, -1, 1, 1) if bound is not None else None
 
     def synthesize(self, x: torch.Tensor) -> torch.Tensor:
         """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output."""
@@ -148,10 +144,6 @@ class SelfRetrospection:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if self.bound is not None:
-                    b = self.bound.to(delta.device)
-                    with torch.no_grad():
-                        delta.copy_(torch.maximum(torch.minimum(delta, b), -b))
         finally:
             for p, r in zip(params, req):
                 p.requires_grad_(r)
@@ -161,13 +153,12 @@ class SelfRetrospection:
     def unlearning_grads(self, x: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]:
         """Hypergradient of the outer unlearning loss w.r.t. the student's trainable parameters."""
         x = x.detach()
-        named = self._unlearned()
-        names, params = [n for n, _ in named], [p for _, p in named]
-        fixed = {n: p for n, p in self.student.named_parameters() if n not in set(names)}
+        names = [n for n, p in self.student.named_parameters() if p.requires_grad]
+        params = [p for p in self.student.parameters() if p.requires_grad]
         buffers = dict(self.student.named_buffers())
 
         def f(theta, inp):
-            return functional_call(self.student, ({**fixed, **dict(zip(names, theta)), **buffers}), (inp,))
+            return functional_call(self.student, ({**dict(zip(names, theta)), **buffers}), (inp,))
 
         n_out = max(1, int(len(x) * self.out_portion))
         idx = torch.randperm(len(x), generator=self.generator)[:n_out].to(x.device)
@@ -187,15 +178,6 @@ class SelfRetrospection:
 
             return fixed_point_hypergrad(params, delta, inner_map, outer_loss, k=self.k)
 
-    def _unlearned(self) -> list[tuple[str, nn.Parameter]]:
-        named = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
-        if self.freeze_head:
-            heads = [m for m in self.student.modules() if isinstance(m, nn.Linear)]
-            if heads:
-                skip = {id(p) for p in heads[-1].parameters()}
-                named = [(n, p) for n, p in named if id(p) not in skip]
-        return named
-
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One SR step on batch `x`: call after ``optimizer.zero_grad()``; returns a loss to add to the KD
         loss (zero for the hypergradient variant, whose gradient is accumulated into ``.grad`` here)."""
@@ -210,7 +192,7 @@ class SelfRetrospection:
             return 0.5 * self.divergence(self.student(x), self.student(x + delta)) * self.weight
         self.last_delta = delta
         grads = self.unlearning_grads(x, delta)
-        params = [p for _, p in self._unlearned()]
+        params = [p for p in self.student.parameters() if p.requires_grad]
         for p, g in zip(params, grads):
             g = g.detach() * self.weight
             p.grad = g.clone() if p.grad is None else p.grad + g

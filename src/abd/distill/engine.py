@@ -131,8 +131,7 @@ class Distiller:
                 weight=r.weight, hypergrad=r.hypergrad, radius=r.radius, divergence=self.method.divergence,
                 generator=torch.Generator().manual_seed(cfg.seed + 29),
                 vaccine=self.sv, vaccine_weight=r.vaccine_weight, l1=r.l1, warm_start=r.warm_start,
-                reuse_delta=r.reuse_delta, freeze_head=r.freeze_head,
-                bound=None if r.max_pixel_change is None else [r.max_pixel_change / sd for sd in ctx.std],
+                reuse_delta=r.reuse_delta,
             )
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0

@@ -47,11 +47,6 @@ class SROptions(Config):
     warm_start: bool = Field(True, description="start each synthesis from the last perturbation (paper: no)")
     reuse_delta: bool = Field(True, description="reuse the perturbation while the method repeats a batch "
                               "(ZSKT's kd_steps; the paper re-synthesizes on every step)")
-    max_pixel_change: float | None = Field(None, gt=0, description="bound |delta| per pixel, in [0, 1] "
-                                           "pixel units (1: a full-range change, as a trigger makes; None: "
-                                           "unbounded, the paper)")
-    freeze_head: bool = Field(False, description="unlearn in the feature layers only (the last linear layer "
-                              "keeps its KD update)")
     vaccine_weight: float = Field(0.3, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis)")
 
