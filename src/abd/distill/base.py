@@ -114,10 +114,14 @@ class KDMethod:
         """Called after each round (e.g. to step the method's own schedulers)."""
 
 
+def resolve_options(name: str, options: dict[str, Any] | None = None, preset: str | None = None) -> MethodOptions:
+    """The full, validated options of method `name`: ``options`` over its defaults or its ``paper`` preset."""
+    cls = METHODS.get(name)
+    base = dict(cls.paper_preset) if preset == "paper" else {}
+    return cls.Options(**{**base, **(options or {})})
+
+
 def create_method(name: str, ctx: KDContext, options: dict[str, Any] | None = None,
                   preset: str | None = None) -> KDMethod:
     """Build a registered method; ``options`` (validated) override its defaults or its ``paper`` preset."""
-    cls = METHODS.get(name)
-    base = dict(cls.paper_preset) if preset == "paper" else {}
-    opts = cls.Options(**{**base, **(options or {})})
-    return cls(opts, ctx)
+    return METHODS.get(name)(resolve_options(name, options, preset), ctx)

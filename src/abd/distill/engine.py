@@ -219,12 +219,12 @@ class Distiller:
         if not state.is_file() or not cfg_file.is_file():
             raise BranchError(f"{parent} has no {BRANCH_FILE} and config.yaml: branch from a run without SR "
                               "that reached its SR start round")
-        pcfg = DistillConfig.load(cfg_file)
+        pcfg = DistillConfig.load(cfg_file).resolved()
         want = BRANCH_PARENT[self.cfg.defense]
         if pcfg.defense != want:
             raise BranchError(f"a {self.cfg.defense!r} run branches from a {want!r} run, not {pcfg.defense!r}")
         ignore = {"defense", "sr", "eval_every", "checkpoint_every", "device", "threads"}
-        mine, theirs = self.cfg.model_dump(exclude=ignore), pcfg.model_dump(exclude=ignore)
+        mine, theirs = self.cfg.resolved().model_dump(exclude=ignore), pcfg.model_dump(exclude=ignore)
         diff = sorted(k for k in mine if mine[k] != theirs.get(k))
         if diff:
             raise BranchError(f"{parent} differs from this run in {diff}: it is not the same run without SR")

@@ -16,8 +16,7 @@ from pydantic import Field
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from abd.experiment.config import Config, TeacherConfig
-from abd.experiment.distill_config import DistillConfig, SROptions, SVOptions
+from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import (
     aggregate,
     markdown_table,
@@ -38,21 +37,11 @@ BRANCHES = {"zskt+sr": "zskt", "zskt+abd": "zskt+sv"}  # SR arms branch from the
 KEYS = ("acc", "asr", "ra", "target_acc", "seconds", "seconds_per_step")
 
 
-class DemoConfig(Config):
+class DemoConfig(StudyConfig):
     """The demo: one teacher per seed and the five distillation arms."""
 
-    seeds: int = Field(1, ge=1)
-    dataset: str = "mnist5k"
-    teacher_model: str = "lenet5"
-    student: str = "lenet5_half"
-    trigger: str = "badnet_grid"
     rounds: int = Field(1000, ge=1, description="ZSKT pseudo-batches (and clean-KD steps) per arm")
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
-    sv: SVOptions = Field(default_factory=SVOptions)
-    sr: SROptions = Field(default_factory=SROptions)
-    eval_every: int = Field(50, ge=1)
-    device: str = "auto"
-    threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -69,18 +58,12 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
     teachers, per_arm = [], {a: [] for a in cfg.arms}
     for seed in range(cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
-        tcfg = TeacherConfig(dataset=cfg.dataset, model=cfg.teacher_model, trigger=cfg.trigger, seed=seed,
-                             device=cfg.device, threads=cfg.threads)
         if progress:
             tqdm.write(f"[seed {seed}] {cfg.trigger} teacher")
-        teachers.append(ensure_teacher(tcfg, tdir))
+        teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
         for arm in cfg.arms:
             method, defense = ARMS[arm]
-            dcfg = DistillConfig(
-                teacher=str(tdir), method=method, defense=defense, student=cfg.student,
-                method_options={"rounds": cfg.rounds}, sv=cfg.sv, sr=cfg.sr, eval_every=cfg.eval_every,
-                checkpoint_every=max(cfg.eval_every, 100), seed=seed, device=cfg.device, threads=cfg.threads,
-            )
+            dcfg = cfg.distill_config(str(tdir), method, defense, seed, {"rounds": cfg.rounds})
             if progress:
                 tqdm.write(f"[seed {seed}] {arm}")
             parent = out / f"seed{seed}" / BRANCHES[arm] if arm in BRANCHES else None

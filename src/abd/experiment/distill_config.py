@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from abd.experiment.config import Config, _check_registered
+from abd.experiment.config import Config, TeacherConfig, _check_registered
 
 
 class SVOptions(Config):
@@ -83,6 +83,14 @@ class DistillConfig(Config):
     def _student(cls, v: str) -> str:
         return _check_registered("model", v)
 
+    def resolved(self) -> DistillConfig:
+        """This config with every method option spelled out (preset and defaults included), so that the
+        ``config.yaml`` written next to a result repeats it exactly even after a default changes."""
+        from abd.distill.base import resolve_options
+
+        opts = resolve_options(self.method, self.method_options, self.preset).model_dump(mode="json")
+        return self.model_copy(update={"method_options": opts})
+
     @property
     def use_sv(self) -> bool:
         return self.defense in ("sv", "abd")
@@ -90,3 +98,32 @@ class DistillConfig(Config):
     @property
     def use_sr(self) -> bool:
         return self.defense in ("sr", "abd")
+
+
+class StudyConfig(Config):
+    """What a multi-run study shares: one poisoned teacher per seed, one student, the defenses' options."""
+
+    seeds: int = Field(1, ge=1)
+    dataset: str = "mnist5k"
+    teacher_model: str = "lenet5"
+    student: str = "lenet5_half"
+    trigger: str = "badnet_grid"
+    sv: SVOptions = Field(default_factory=SVOptions)
+    sr: SROptions = Field(default_factory=SROptions)
+    eval_every: int = Field(50, ge=1)
+    device: str = "auto"
+    threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
+
+    def teacher_config(self, seed: int) -> TeacherConfig:
+        """The teacher of seed `seed`."""
+        return TeacherConfig(dataset=self.dataset, model=self.teacher_model, trigger=self.trigger, seed=seed,
+                             device=self.device, threads=self.threads)
+
+    def distill_config(self, teacher_dir: str, method: str, defense: str, seed: int,
+                       method_options: dict[str, Any] | None = None) -> DistillConfig:
+        """One run of the study."""
+        return DistillConfig(
+            teacher=str(teacher_dir), method=method, defense=defense, student=self.student,
+            method_options=method_options or {}, sv=self.sv, sr=self.sr, eval_every=self.eval_every,
+            checkpoint_every=max(self.eval_every, 100), seed=seed, device=self.device, threads=self.threads,
+        )

@@ -14,8 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from abd.experiment.config import Config, TeacherConfig
-from abd.experiment.distill_config import DistillConfig, SROptions, SVOptions
+from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import aggregate, markdown_table
 from abd.utils import write_json
 
@@ -23,23 +22,14 @@ Defense = Literal["none", "sv", "sr", "abd"]
 GRID_KEYS = ("acc", "asr", "target_acc", "seconds", "seconds_per_step")
 
 
-class GridConfig(Config):
+class GridConfig(StudyConfig):
     """Methods x defenses x seeds on one trigger, with the demo's teacher and student."""
 
     seeds: int = Field(3, ge=1)
-    dataset: str = "mnist5k"
-    teacher_model: str = "lenet5"
-    student: str = "lenet5_half"
-    trigger: str = "badnet_grid"
     methods: list[str] = Field(default_factory=lambda: ["zskt", "dafl", "dfad", "deepinv", "cmi", "ood"])
     defenses: list[Defense] = Field(default_factory=lambda: ["none", "abd"])
     rounds: dict[str, int] = Field(default_factory=dict, description="per-method rounds (default: the method's "
                                    "CPU default)")
-    sv: SVOptions = Field(default_factory=SVOptions)
-    sr: SROptions = Field(default_factory=SROptions)
-    eval_every: int = Field(50, ge=1)
-    device: str = "auto"
-    threads: int = Field(1, ge=0)
 
     @field_validator("methods")
     @classmethod
@@ -72,17 +62,11 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     teachers = []
     for seed in range(cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
-        tcfg = TeacherConfig(dataset=cfg.dataset, model=cfg.teacher_model, trigger=cfg.trigger, seed=seed,
-                             device=cfg.device, threads=cfg.threads)
-        teachers.append(ensure_teacher(tcfg, tdir))
+        teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
         for method in cfg.methods:
             opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
             for defense in _order(cfg.defenses):
-                dcfg = DistillConfig(
-                    teacher=str(tdir), method=method, defense=defense, student=cfg.student, method_options=opts,
-                    sv=cfg.sv, sr=cfg.sr, eval_every=cfg.eval_every, checkpoint_every=max(cfg.eval_every, 100),
-                    seed=seed, device=cfg.device, threads=cfg.threads,
-                )
+                dcfg = cfg.distill_config(str(tdir), method, defense, seed, opts)
                 if progress:
                     tqdm.write(f"[seed {seed}] {method}+{defense}")
                 parent = out / f"seed{seed}" / f"{method}+{BRANCH_PARENT[defense]}" if defense in BRANCH_PARENT \

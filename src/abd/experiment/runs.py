@@ -43,7 +43,7 @@ def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = Tr
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    (out / "config.yaml").write_text(cfg.resolved().to_yaml())
     return Distiller(cfg, ctx, eval_data, out, progress=progress)
 
 
@@ -77,12 +77,12 @@ def run_or_reuse(cfg: DistillConfig, run_dir: str | Path, parent: str | Path | N
     (an SR run branches from `parent`, the same run without SR, when that saved its branch state)."""
     from abd.distill.engine import BRANCH_FILE, BranchError
 
-    run_dir = Path(run_dir)
-    m = finished(run_dir, cfg.to_yaml())
+    run_dir, cfg_yaml = Path(run_dir), cfg.resolved().to_yaml()
+    m = finished(run_dir, cfg_yaml)
     if m is not None:
         return m
     resume = (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file() \
-        and (run_dir / "config.yaml").read_text() == cfg.to_yaml()
+        and (run_dir / "config.yaml").read_text() == cfg_yaml
     branch = parent if parent is not None and (Path(parent) / BRANCH_FILE).is_file() else None
     with torch_threads(cfg.threads):
         distiller = build_distiller(cfg, run_dir, progress)
