@@ -23,10 +23,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from abd.data.transforms import augment_batch, random_crop, random_hflip, random_resized_crop
+from abd.data.transforms import random_crop, random_hflip, random_resized_crop
 from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
-from abd.distill.losses import agreement_kl, kl_batchmean, kl_per_sample
-from abd.distill.synthesis import Normalize, SamplePool, check_bn_teacher, frozen, teacher_bn_hooks
+from abd.distill.losses import agreement_kl
+from abd.distill.synthesis import (
+    Normalize,
+    PoolSampler,
+    SamplePool,
+    TemperedKL,
+    check_bn_teacher,
+    frozen,
+    teacher_bn_hooks,
+)
 from abd.models.generators import create_generator
 
 
@@ -74,7 +82,7 @@ class MLPHead(nn.Module):
 
 
 @register_method("cmi")
-class CMI(KDMethod):
+class CMI(PoolSampler, TemperedKL, KDMethod):
     """CMI: re-initialized generator, BN/one-hot/adversarial + contrastive losses, pool (Fang et al. 2021).
 
     The contrastive term uses an MLP head on the teacher's instance features and a memory bank of the
@@ -193,22 +201,8 @@ class CMI(KDMethod):
         return logs
 
     # ------------------------------------------------------------------ KD
-    def sample(self) -> torch.Tensor:
-        o = self.opts
-        if len(self.pool):
-            x = self.pool.sample(o.batch_size)
-        else:  # before the first synthesis finishes: the current generator's images
-            with torch.no_grad():
-                cur = self.generator(self.z)
-            x = cur[torch.randint(len(cur), (o.batch_size,)).to(cur.device)]
-        return self.norm(augment_batch(x, o.crop_padding, o.flip))
-
-    def student_loss(self, x, t_logits, s_logits, t_feats, s_feats) -> torch.Tensor:
-        tau = self.opts.temperature
-        return kl_per_sample(t_logits, s_logits, tau) * tau**2
-
-    def divergence(self, target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return kl_batchmean(target_logits, logits, self.opts.temperature)
+    def current_images(self) -> torch.Tensor:
+        return self.generator(self.z)
 
     # ------------------------------------------------------------------ checkpoints
     def modules(self) -> dict[str, nn.Module]:

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from abd.data.transforms import augment_batch
 from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
-from abd.distill.losses import js_divergence, kl_batchmean, kl_per_sample, total_variation_l1
+from abd.distill.losses import js_divergence, total_variation_l1
 from abd.distill.synthesis import (
     Normalize,
+    PoolSampler,
     SamplePool,
+    TemperedKL,
     check_bn_teacher,
     frozen,
     jitter_flip,
@@ -58,7 +59,7 @@ class DeepInvOptions(MethodOptions):
 
 
 @register_method("deepinv")
-class DeepInversion(KDMethod):
+class DeepInversion(PoolSampler, TemperedKL, KDMethod):
     """DeepInversion: optimize pixels to match the teacher's BN statistics; KD from an image pool."""
 
     Options = DeepInvOptions
@@ -138,21 +139,8 @@ class DeepInversion(KDMethod):
         return logs
 
     # ------------------------------------------------------------------ KD
-    def sample(self) -> torch.Tensor:
-        o = self.opts
-        if len(self.pool):
-            x = self.pool.sample(o.batch_size)
-        else:  # before the first synthesis finishes: the current iterate
-            cur = self.norm.inverse(self.inputs.detach()).clamp(0, 1)
-            x = cur[torch.randint(len(cur), (o.batch_size,)).to(cur.device)]
-        return self.norm(augment_batch(x, o.crop_padding, o.flip))
-
-    def student_loss(self, x, t_logits, s_logits, t_feats, s_feats) -> torch.Tensor:
-        tau = self.opts.temperature
-        return kl_per_sample(t_logits, s_logits, tau) * tau**2
-
-    def divergence(self, target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return kl_batchmean(target_logits, logits, self.opts.temperature)
+    def current_images(self) -> torch.Tensor:
+        return self.norm.inverse(self.inputs.detach()).clamp(0, 1)
 
     # ------------------------------------------------------------------ checkpoints
     def optimizers(self) -> dict[str, Any]:

@@ -1,17 +1,21 @@
-"""Pieces the synthesizers share: an in-memory sample pool, generators that emit normalized images,
-BatchNorm-statistics hooks with a clear error, and DeepInversion's jitter."""
+"""Pieces the synthesizers share: an in-memory sample pool, generators that emit normalized images, the
+generator-method base (DAFL, DFAD), BatchNorm-statistics hooks with a clear error, and DeepInversion's
+jitter."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from abd.distill.base import KDContext
+from abd.data.transforms import augment_batch
+from abd.distill.base import KDContext, KDMethod, MethodOptions
+from abd.distill.losses import kl_batchmean, kl_per_sample
 from abd.models.generators import create_generator
 from abd.models.hooks import BNStatHook, bn_stat_hooks
 
@@ -167,3 +171,101 @@ def generator_step(
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(generator.parameters(), grad_clip)
     opt.step()
+
+
+class GeneratorOptions(MethodOptions):
+    """Options of a method that trains a generator and distills on its batches (CPU defaults for LeNet-5 ->
+    LeNet-5-half; the paper presets follow the CMI codebase's CIFAR-10 scripts)."""
+
+    rounds: int = Field(1000, ge=1, description="generator steps (each followed by kd_steps student steps)")
+    batch_size: int = 64
+    kd_steps: int = Field(5, ge=1, description="student steps per round")
+    fresh_samples: bool = Field(True, description="a fresh generator batch for every student step (the CMI "
+                                "code); False: the generator step's batch is reused (as in ZSKT)")
+    gen_steps: int = Field(1, ge=1, description="generator steps per round")
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    lr_g: float = Field(1e-3, gt=0)
+    lr_g_cosine: bool = Field(True, description="cosine-anneal lr_g over the rounds (the CMI code: constant)")
+    z_dim: int = Field(100, ge=1)
+    generator: Literal["zskt", "large", "cmi"] = Field("large", description="registered generator")
+    gen_width: int = Field(16, ge=4, description="generator width (ngf; paper: 64)")
+    grad_clip: float | None = 5.0
+
+
+class GeneratorMethod(KDMethod):
+    """A method whose synthesizer is a generator (Adam, betas 0.5/0.999, optional cosine) sampled afresh
+    for each student step; subclasses write ``synthesize`` (the generator's loss) and the student loss."""
+
+    Options = GeneratorOptions
+
+    def __init__(self, opts: GeneratorOptions, ctx: KDContext) -> None:
+        super().__init__(opts, ctx)
+        self.opts: GeneratorOptions = opts
+        self.generator = normalized_generator(opts.generator, opts.z_dim, opts.gen_width, ctx)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=opts.lr_g, betas=(0.5, 0.999))
+        self.sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_g, T_max=opts.rounds) \
+            if opts.lr_g_cosine else None
+        self.x: torch.Tensor | None = None  # the last generator step's batch
+
+    def generate(self) -> torch.Tensor:
+        """A generator batch (with gradients to the generator); remembered for ``fresh_samples=False``."""
+        z = torch.randn(self.opts.batch_size, self.opts.z_dim, device=self.ctx.device)
+        x = self.generator(z)
+        self.x = x.detach()
+        return x
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        if not self.opts.fresh_samples and self.x is not None:
+            return self.x
+        z = torch.randn(self.opts.batch_size, self.opts.z_dim, device=self.ctx.device)
+        return self.generator(z)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"opt_g": self.opt_g, **({"sched_g": self.sched_g} if self.sched_g is not None else {})}
+
+    def on_round_end(self, round_idx: int) -> None:
+        if self.sched_g is not None:
+            self.sched_g.step()
+
+
+class TemperedKL:
+    """Mixin: the CMI codebase's criterion, KL at ``opts.temperature`` times T^2 (per sample for the
+    student, batch mean for SR's divergence)."""
+
+    opts: Any
+
+    def student_loss(self, x, t_logits, s_logits, t_feats, s_feats) -> torch.Tensor:
+        tau = self.opts.temperature
+        return kl_per_sample(t_logits, s_logits, tau) * tau**2
+
+    def divergence(self, target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return kl_batchmean(target_logits, logits, self.opts.temperature)
+
+
+class PoolSampler:
+    """Mixin: KD batches drawn from ``self.pool`` of [0, 1] images, augmented (crop, flip) and normalized;
+    before the first synthesis lands in the pool, from ``current_images()``."""
+
+    opts: Any
+    pool: SamplePool
+    norm: nn.Module
+
+    def current_images(self) -> torch.Tensor:
+        """The synthesis in progress, as [0, 1] images."""
+        raise NotImplementedError
+
+    def sample(self) -> torch.Tensor:
+        o = self.opts
+        if len(self.pool):
+            x = self.pool.sample(o.batch_size)
+        else:
+            with torch.no_grad():
+                cur = self.current_images()
+            x = cur[torch.randint(len(cur), (o.batch_size,)).to(cur.device)]
+        return self.norm(augment_batch(x, o.crop_padding, o.flip))

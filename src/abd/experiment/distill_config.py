@@ -89,7 +89,7 @@ class DistillConfig(Config):
         from abd.distill.base import resolve_options
 
         opts = resolve_options(self.method, self.method_options, self.preset).model_dump(mode="json")
-        return self.model_copy(update={"method_options": opts})
+        return self.model_copy(update={"method_options": dict(sorted(opts.items()))})
 
     @property
     def use_sv(self) -> bool:
