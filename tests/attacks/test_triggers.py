@@ -82,6 +82,8 @@ def test_rejects_wrong_shape_or_dtype() -> None:
         trig.apply(batch(28, 3))
     with pytest.raises(ValueError):
         trig.apply(batch(32, 3).astype(np.float32))
+    with pytest.raises(ValueError, match="numpy uint8 array"):
+        trig.apply(torch.as_tensor(batch(32, 3)))
 
 
 def test_badnet_grid_exact() -> None:

@@ -25,3 +25,32 @@ def test_grid_runs_every_cell_and_branches_sr_runs(tmp_path) -> None:
     md = (tmp_path / "grid.md").read_text()
     assert "| zskt+abd |" in md and "| dafl+none |" in md and "+sv |" not in md
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(backdoored_teacher_dir, tmp_path,
+                                                                            monkeypatch) -> None:
+    import yaml
+
+    from abd.distill.zskt import ZSKTOptions
+    from abd.experiment import runs
+    from abd.experiment.distill_config import DistillConfig
+
+    cfg = DistillConfig(teacher=str(backdoored_teacher_dir), method="zskt", device="cpu", eval_every=2,
+                        method_options={"rounds": 2, "batch_size": 8, "kd_steps": 1})
+    first = runs.run_or_reuse(cfg, tmp_path / "run", progress=False)
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert set(written["method_options"]) == set(ZSKTOptions.model_fields)  # defaults included
+    assert written["method_options"]["rounds"] == 2
+    assert DistillConfig.load(tmp_path / "run" / "config.yaml").resolved() == cfg.resolved()  # repeatable
+    calls = []
+    real = runs.build_distiller
+    monkeypatch.setattr(runs, "build_distiller", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert runs.run_or_reuse(cfg, tmp_path / "run", progress=False) == first and not calls  # reused
+    # a changed default is a different run: it is not reused
+    from abd.distill import base
+
+    real_resolve = base.resolve_options
+    monkeypatch.setattr(base, "resolve_options",
+                        lambda name, o=None, p=None: real_resolve(name, {"at_beta": 0.0, **(o or {})}, p))
+    runs.run_or_reuse(cfg, tmp_path / "run", progress=False)
+    assert calls

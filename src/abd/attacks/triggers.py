@@ -96,6 +96,9 @@ class Geometry:
 def check_images(trigger: Trigger, images: np.ndarray) -> None:
     """Raise ValueError unless ``images`` is uint8 (N, H, W, C) matching the trigger's size and channels."""
     expected = (trigger.image_size, trigger.image_size, trigger.channels)
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"{trigger.name} expects a numpy uint8 array (N, {', '.join(map(str, expected))}), got "
+                         f"{type(images).__name__}; convert a tensor with .numpy()")
     if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
         raise ValueError(
             f"{trigger.name} expects uint8 images of shape (N, {', '.join(map(str, expected))}), "
