@@ -26,6 +26,8 @@ class GridConfig(StudyConfig):
     """Methods x defenses x seeds on one trigger, with the demo's teacher and student."""
 
     seeds: int = Field(3, ge=1)
+    first_seed: int = Field(0, ge=0, description="run seeds first_seed .. first_seed + seeds - 1 (to split a "
+                            "grid over processes sharing one output folder)")
     methods: list[str] = Field(default_factory=lambda: ["zskt", "dafl", "dfad", "deepinv", "cmi", "ood"])
     defenses: list[Defense] = Field(default_factory=lambda: ["none", "abd"])
     rounds: dict[str, int] = Field(default_factory=dict, description="per-method rounds (default: the method's "
@@ -60,7 +62,7 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     t_start = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {}
     teachers = []
-    for seed in range(cfg.seeds):
+    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
         teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
         for method in cfg.methods:

@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from abd.attacks import create_trigger
 from abd.attacks.poison import make_eval_data
 from abd.data import load_dataset
@@ -55,12 +57,16 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, p
         return build_distiller(cfg, out_dir, progress).run(resume=resume, branch_from=branch_from)
 
 
+def same_config(run_dir: str | Path, cfg_yaml: str) -> bool:
+    """Whether `run_dir` holds a run of exactly this configuration (compared as data, not as text)."""
+    c = Path(run_dir) / "config.yaml"
+    return c.is_file() and yaml.safe_load(c.read_text()) == yaml.safe_load(cfg_yaml)
+
+
 def finished(run_dir: str | Path, cfg_yaml: str) -> dict[str, Any] | None:
     """The metrics of a finished run in `run_dir` with exactly this configuration, if any."""
-    m, c = Path(run_dir) / "metrics.json", Path(run_dir) / "config.yaml"
-    if m.is_file() and c.is_file() and c.read_text() == cfg_yaml:
-        return json.loads(m.read_text())
-    return None
+    m = Path(run_dir) / "metrics.json"
+    return json.loads(m.read_text()) if m.is_file() and same_config(run_dir, cfg_yaml) else None
 
 
 def ensure_teacher(cfg: TeacherConfig, teacher_dir: str | Path) -> dict[str, Any]:
@@ -81,8 +87,7 @@ def run_or_reuse(cfg: DistillConfig, run_dir: str | Path, parent: str | Path | N
     m = finished(run_dir, cfg_yaml)
     if m is not None:
         return m
-    resume = (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file() \
-        and (run_dir / "config.yaml").read_text() == cfg_yaml
+    resume = (run_dir / "checkpoint.pt").is_file() and same_config(run_dir, cfg_yaml)
     branch = parent if parent is not None and (Path(parent) / BRANCH_FILE).is_file() else None
     with torch_threads(cfg.threads):
         distiller = build_distiller(cfg, run_dir, progress)
