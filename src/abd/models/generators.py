@@ -33,6 +33,26 @@ class CenterCrop(nn.Module):
         return x[..., top : top + self.size, left : left + self.size]
 
 
+def upsampling_stack(c0: int, c1: int, c2: int, channels: int, image_size: int, bias: bool,
+                     out: nn.Module) -> nn.Sequential:
+    """BN(c0) -> Up x2 -> Conv3x3(c0 -> c1) -> BN -> LReLU(0.2) -> Up x2 -> crop -> Conv3x3(c1 -> c2) -> BN ->
+    LReLU(0.2) -> Conv3x3(c2 -> channels) -> `out`: the body every registered generator shares."""
+    return nn.Sequential(
+        nn.BatchNorm2d(c0),
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(c0, c1, 3, stride=1, padding=1, bias=bias),
+        nn.BatchNorm2d(c1),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Upsample(scale_factor=2),
+        CenterCrop(image_size),
+        nn.Conv2d(c1, c2, 3, stride=1, padding=1, bias=bias),
+        nn.BatchNorm2d(c2),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(c2, channels, 3, stride=1, padding=1),
+        out,
+    )
+
+
 class _Generator(nn.Module):
     """Shared parts: ``l1`` (z -> feature map), ``conv_blocks`` (map -> image), ``sample_z``, ``reinit``."""
 
@@ -80,20 +100,8 @@ class ZSKTGenerator(_Generator):
     def __init__(self, z_dim: int = 100, channels: int = 3, image_size: int = 32, width: int = 128) -> None:
         super().__init__(z_dim, channels, image_size, width)
         self.l1 = nn.Linear(z_dim, width * self.init_size**2)
-        self.conv_blocks = nn.Sequential(
-            nn.BatchNorm2d(width),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(width, width, 3, stride=1, padding=1),
-            nn.BatchNorm2d(width),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            CenterCrop(image_size),
-            nn.Conv2d(width, width // 2, 3, stride=1, padding=1),
-            nn.BatchNorm2d(width // 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width // 2, channels, 3, stride=1, padding=1),
-            nn.BatchNorm2d(channels, affine=True),
-        )
+        self.conv_blocks = upsampling_stack(width, width, width // 2, channels, image_size, bias=True,
+                                            out=nn.BatchNorm2d(channels, affine=True))
 
 
 @GENERATORS.register("cmi")
@@ -109,20 +117,8 @@ class CMIGenerator(_Generator):
     def __init__(self, z_dim: int = 256, channels: int = 3, image_size: int = 32, width: int = 64) -> None:
         super().__init__(z_dim, channels, image_size, width * 2)
         self.l1 = nn.Linear(z_dim, width * 2 * self.init_size**2)
-        self.conv_blocks = nn.Sequential(
-            nn.BatchNorm2d(width * 2),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(width * 2, width * 2, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(width * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            CenterCrop(image_size),
-            nn.Conv2d(width * 2, width, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width, channels, 3, stride=1, padding=1),
-            nn.Sigmoid(),
-        )
+        self.conv_blocks = upsampling_stack(width * 2, width * 2, width, channels, image_size, bias=False,
+                                            out=nn.Sigmoid())
 
 
 @GENERATORS.register("large")
@@ -136,20 +132,8 @@ class LargeGenerator(_Generator):
     def __init__(self, z_dim: int = 256, channels: int = 3, image_size: int = 32, width: int = 64) -> None:
         super().__init__(z_dim, channels, image_size, width * 4)
         self.l1 = nn.Linear(z_dim, width * 4 * self.init_size**2)
-        self.conv_blocks = nn.Sequential(
-            nn.BatchNorm2d(width * 4),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(width * 4, width * 2, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(width * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Upsample(scale_factor=2),
-            CenterCrop(image_size),
-            nn.Conv2d(width * 2, width, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width, channels, 3, stride=1, padding=1),
-            nn.Sigmoid(),
-        )
+        self.conv_blocks = upsampling_stack(width * 4, width * 2, width, channels, image_size, bias=False,
+                                            out=nn.Sigmoid())
 
 
 def create_generator(name: str, **kwargs) -> nn.Module:
