@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from abd.data.transforms import random_crop, random_hflip, random_resized_crop
-from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
+from abd.distill.base import KDMethod, SynthesisHook, register_method
 from abd.distill.losses import agreement_kl
 from abd.distill.synthesis import (
     Normalize,
+    PoolOptions,
     PoolSampler,
     SamplePool,
     TemperedKL,
@@ -38,24 +39,16 @@ from abd.distill.synthesis import (
 from abd.models.generators import create_generator
 
 
-class CMIOptions(MethodOptions):
+class CMIOptions(PoolOptions):
     """CMI options; CPU defaults for LeNet-5 -> LeNet-5-half on 28x28 digits (the paper preset: the ABD
     CMI sweep on CIFAR-10, 200 iterations per synthesis, 400 KD steps per synthesis)."""
 
-    rounds: int = Field(1000, ge=1)
-    batch_size: int = Field(64, ge=1, description="KD batch")
-    kd_steps: int = Field(5, ge=1, description="student steps per round (batches from the pool)")
-    lr: float = 2e-3
-    temperature: float = Field(20.0, gt=0, description="student KL temperature (batch-mean KL * T^2)")
-    synth_batch: int = Field(64, ge=1, description="images per synthesis")
     g_steps: int = Field(20, ge=1, description="generator iterations per synthesis (paper: 200)")
-    g_steps_per_round: int = Field(1, ge=1, description="synthesis iterations run per round")
     lr_g: float = Field(1e-2, gt=0, description="Adam learning rate of generator, latents and head "
                         "(paper: 1e-3 over 200 iterations)")
     z_dim: int = Field(100, ge=1, description="latent size (paper: 256)")
     gen_width: int = Field(8, ge=4, description="generator width ngf (paper: 64)")
     bn: float = Field(1.0, ge=0, description="weight of the BN-statistics loss")
-    oh: float = Field(1.0, ge=0, description="weight of the one-hot CE on the random targets")
     adv: float = Field(0.5, ge=0, description="weight of the adversarial term (agreeing-sample KL)")
     cr: float = Field(0.8, ge=0, description="weight of the contrastive term")
     cr_temperature: float = Field(0.1, gt=0, description="temperature of the contrastive logits")
@@ -63,10 +56,6 @@ class CMIOptions(MethodOptions):
     bank_size: int = Field(4096, ge=1, description="memory-bank capacity (paper: 40,960)")
     n_neg: int = Field(1024, ge=0, description="negatives drawn from the bank per iteration (paper: 4,096)")
     local_scale: tuple[float, float] = Field((0.25, 1.0), description="area range of the local view")
-    flip: bool = Field(False, description="random horizontal flips (views and KD); off for digits")
-    crop_padding: int = Field(2, ge=0, description="random-crop padding (global view and KD)")
-    pool_size: int = Field(10000, ge=1, description="images kept in the pool (oldest dropped)")
-    grad_clip: float | None = 5.0
 
 
 class MLPHead(nn.Module):

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from abd.distill.base import KDMethod, MethodOptions, SynthesisHook, register_method
+from abd.distill.base import KDMethod, SynthesisHook, register_method
 from abd.distill.losses import js_divergence, total_variation_l1
 from abd.distill.synthesis import (
     Normalize,
+    PoolOptions,
     PoolSampler,
     SamplePool,
     TemperedKL,
@@ -32,30 +33,19 @@ from abd.distill.synthesis import (
 )
 
 
-class DeepInvOptions(MethodOptions):
+class DeepInvOptions(PoolOptions):
     """DeepInversion options; CPU defaults for LeNet-5 -> LeNet-5-half on 28x28 digits (the paper preset:
     the CMI codebase's CIFAR-10 defaults, 1,000 iterations per synthesis, 400 KD steps per synthesis)."""
 
-    rounds: int = Field(1000, ge=1)
-    batch_size: int = Field(64, ge=1, description="KD batch")
-    kd_steps: int = Field(5, ge=1, description="student steps per round (batches from the pool)")
-    lr: float = 2e-3
-    temperature: float = Field(20.0, gt=0, description="student KL temperature (batch-mean KL * T^2)")
-    synth_batch: int = Field(64, ge=1, description="images per synthesis")
     g_steps: int = Field(40, ge=1, description="pixel-optimization iterations per synthesis (paper: 1,000)")
     g_steps_per_round: int = Field(4, ge=1, description="synthesis iterations run per round")
     lr_g: float = Field(0.1, gt=0, description="Adam learning rate on the pixels (betas 0.5, 0.99)")
     bn: float = Field(10.0, ge=0, description="weight of the BN-statistics loss")
-    oh: float = Field(1.0, ge=0, description="weight of the one-hot CE on the random targets")
     adv: float = Field(1.0, ge=0, description="weight of the adversarial term -JS(S, T)")
     adv_temperature: float = Field(3.0, gt=0, description="temperature of the JS divergence")
     tv: float = Field(1e-3, ge=0, description="weight of the L1 total-variation prior")
     l2: float = Field(0.0, ge=0, description="weight of ||x||_2")
     jitter: int = Field(3, ge=0, description="random roll of up to this many pixels (paper: 4 at 32 px)")
-    flip: bool = Field(False, description="random horizontal flips (synthesis and KD); off for digits")
-    crop_padding: int = Field(2, ge=0, description="KD augmentation: random crop with this padding")
-    pool_size: int = Field(10000, ge=1, description="images kept in the pool (oldest dropped)")
-    grad_clip: float | None = 5.0
 
 
 @register_method("deepinv")

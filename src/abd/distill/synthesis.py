@@ -248,6 +248,23 @@ class TemperedKL:
         return kl_batchmean(target_logits, logits, self.opts.temperature)
 
 
+class PoolOptions(MethodOptions):
+    """Options of a method that inverts the teacher into an image pool and distills on pool batches."""
+
+    rounds: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1, description="KD batch")
+    kd_steps: int = Field(5, ge=1, description="student steps per round (batches from the pool)")
+    lr: float = 2e-3
+    temperature: float = Field(20.0, gt=0, description="student KL temperature (batch-mean KL * T^2)")
+    synth_batch: int = Field(64, ge=1, description="images per synthesis")
+    g_steps_per_round: int = Field(1, ge=1, description="synthesis iterations run per round")
+    oh: float = Field(1.0, ge=0, description="weight of the one-hot CE on the random targets")
+    flip: bool = Field(False, description="random horizontal flips (synthesis and KD); off for digits")
+    crop_padding: int = Field(2, ge=0, description="KD augmentation: random crop with this padding")
+    pool_size: int = Field(10000, ge=1, description="images kept in the pool (oldest dropped)")
+    grad_clip: float | None = 5.0
+
+
 class PoolSampler:
     """Mixin: KD batches drawn from ``self.pool`` of [0, 1] images, augmented (crop, flip) and normalized;
     before the first synthesis lands in the pool, from ``current_images()``."""
