@@ -98,3 +98,26 @@ def test_layers_are_chosen_by_module_type_and_single_channel_convs_skipped() -> 
     assert [n for n, _ in shufflable_layers(Net(), ("conv", "linear"))] == ["features", "head"]
     with pytest.raises(ValueError, match="no shufflable"):
         ShufflingVaccine(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), n_layers=1)
+
+
+def test_student_loss_repels_flagged_samples_only_up_to_the_cap(teacher_and_data) -> None:
+    from abd.distill.losses import kl_elementwise
+
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, mask="argmax", seed=0, coef=0.1)
+    x = torch.cat([ev.x_clean[:32], ev.x_poison[:32]])
+    with torch.no_grad():
+        t = teacher(x)
+    flagged = sv.flag(x)
+    assert flagged[32:].all() and not flagged.all()
+    wild = -50.0 * t.detach().clone()  # a student that contradicts the teacher as much as it can
+    per = kl_elementwise(t, wild.requires_grad_(True), 8.0).mean(1)
+    cap = kl_elementwise(t, torch.zeros_like(t), 8.0).mean(1)  # an uninformed (uniform) student
+    unbounded = sv.student_loss(per, x, t)
+    bounded = sv.student_loss(per, x, t, cap=cap)
+    assert per[flagged].mean() > 10 * cap[flagged].mean()
+    assert bounded > unbounded  # the repulsion stops at the cap...
+    kept = per[~flagged].mean()
+    torch.testing.assert_close(bounded, kept - 0.1 * torch.minimum(per, cap)[flagged].mean())
+    bounded.backward()  # ...so it no longer pulls the flagged samples' logits further away
+    assert wild.grad[flagged].abs().sum() == 0 and wild.grad[~flagged].abs().sum() > 0

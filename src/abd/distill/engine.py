@@ -169,7 +169,10 @@ class Distiller:
             s_feats = list(s_feats)
         per = self.method.student_loss(x, t_logits, s_logits, t_feats, s_feats)
         if self.sv is not None and self.method.sv_target == "student" and self.sv.enabled:
-            loss = self.sv.student_loss(per, x, t_logits)
+            with torch.no_grad():  # the loss of an uninformed (uniform) student bounds SV's repulsion
+                cap = self.method.student_loss(x, t_logits, torch.zeros_like(s_logits), t_feats,
+                                               [f.detach() for f in s_feats])
+            loss = self.sv.student_loss(per, x, t_logits, cap=cap)
         else:
             loss = per.mean()
         self.opt.zero_grad(set_to_none=True)
