@@ -60,6 +60,7 @@ def test_detection_auc_and_divergence_gap(teacher_and_data) -> None:
     diag = ShufflingVaccine(teacher, n_layers=1, seed=1).detection_auc(ev.x_poison, ev.x_clean)
     assert diag["auc"] > 0.95
     assert diag["mean_d_poison"] < 0.1 * diag["mean_d_clean"]
+    assert diag["log10_d_median_poison"] < diag["log10_d_median_clean"] - 2  # orders of magnitude apart
 
 
 def test_verification_turns_sv_on_with_a_tail_and_off_without(teacher_and_data) -> None:
@@ -71,6 +72,8 @@ def test_verification_turns_sv_on_with_a_tail_and_off_without(teacher_and_data) 
     sv2 = ShufflingVaccine(teacher, n_layers=1, seed=0, max_trials=2, tail_ratio=0.5)
     report2 = sv2.verify(ev.x_clean[:400])
     assert not report2.active and not sv2.enabled and len(report2.trials) == 2
+    assert report.log10_d_p01 < report2.log10_d_p01 - 2  # the triggered tail shows in the 1st percentile
+    assert report2.log10_d_p01 <= report2.log10_d_median
     assert sv2.penalty(ev.x_clean[:8]).item() == 0.0
 
 

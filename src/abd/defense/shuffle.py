@@ -51,14 +51,19 @@ def shuffle_input_channels(layer: nn.Module, generator: torch.Generator | None =
 
 @dataclass
 class VaccineReport:
-    """Outcome of vaccine verification: tail ratios per trial and whether SV was switched on."""
+    """Outcome of vaccine verification: tail ratios per trial, whether SV was switched on, and where the
+    samples' log10 divergence lies (1st percentile and median, last trial): compare it with the real
+    triggered and clean inputs' medians in the ``sv_detection`` diagnostic."""
 
     trials: list[float] = field(default_factory=list)
     active: bool = False
     n_samples: int = 0
+    log10_d_p01: float = float("nan")
+    log10_d_median: float = float("nan")
 
     def to_dict(self) -> dict:
-        return {"tail_ratios": self.trials, "active": self.active, "n_samples": self.n_samples}
+        return {"tail_ratios": self.trials, "active": self.active, "n_samples": self.n_samples,
+                "log10_d_p01": self.log10_d_p01, "log10_d_median": self.log10_d_median}
 
 
 class ShufflingVaccine(nn.Module):
@@ -246,6 +251,8 @@ class ShufflingVaccine(nn.Module):
         for trial in range(self.max_trials):
             ratio, thresh = self.tail_ratio_of(samples)
             report.trials.append(ratio)
+            s = -self.scores(samples)
+            report.log10_d_p01, report.log10_d_median = float(s.quantile(0.01)), float(s.median())
             if ratio > self.tail_ratio:
                 report.active = True
                 self.threshold = thresh
@@ -265,6 +272,8 @@ class ShufflingVaccine(nn.Module):
             "auc": detection_auc(sp, sc),
             "mean_d_poison": float((10 ** (-sp)).mean()),
             "mean_d_clean": float((10 ** (-sc)).mean()),
+            "log10_d_median_poison": float((-sp).median()),
+            "log10_d_median_clean": float((-sc).median()),
             "flag_rate_poison": float(self.flag(x_poison[:2048]).float().mean()),
             "flag_rate_clean": float(self.flag(x_clean[:2048]).float().mean()),
         }
