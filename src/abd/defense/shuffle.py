@@ -238,20 +238,14 @@ class ShufflingVaccine(nn.Module):
         return kept
 
     @torch.no_grad()
-    def tail_ratio_of(self, x: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
-        """(fraction of samples whose log10 d lies below mean - tail_std * std, that threshold)."""
-        s = -self.scores(x, batch_size)  # log10 d
-        thresh = self.tail_threshold(s)
-        return float((s < thresh).float().mean()), thresh
-
-    @torch.no_grad()
     def verify(self, samples: torch.Tensor) -> VaccineReport:
         """Vaccine verification (SPEC 5.5): re-shuffle until the synthetic samples show a low-KL tail."""
         report = VaccineReport(n_samples=len(samples))
         for trial in range(self.max_trials):
-            ratio, thresh = self.tail_ratio_of(samples)
+            s = -self.scores(samples)  # log10 d
+            thresh = self.tail_threshold(s)
+            ratio = float((s < thresh).float().mean())
             report.trials.append(ratio)
-            s = -self.scores(samples)
             report.log10_d_p01, report.log10_d_median = float(s.quantile(0.01)), float(s.median())
             if ratio > self.tail_ratio:
                 report.active = True

@@ -21,7 +21,16 @@ from abd.experiment.config import Config
 from abd.registry import Registry
 
 METHODS: Registry[type[KDMethod]] = Registry("KD method")
-register_method = METHODS.register
+
+
+def register_method(name: str) -> Callable[[type[KDMethod]], type[KDMethod]]:
+    """Class decorator: register a KD method under `name` (also its ``name`` attribute)."""
+
+    def deco(cls: type[KDMethod]) -> type[KDMethod]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
 
 
 class MethodOptions(Config):

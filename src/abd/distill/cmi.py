@@ -33,8 +33,6 @@ from abd.distill.synthesis import (
     SamplePool,
     TemperedKL,
     check_bn_teacher,
-    frozen,
-    teacher_bn_hooks,
 )
 from abd.models.generators import create_generator
 
@@ -90,7 +88,7 @@ class CMI(PoolSampler, TemperedKL, KDMethod):
     def __init__(self, opts: CMIOptions, ctx) -> None:
         super().__init__(opts, ctx)
         self.opts: CMIOptions = opts
-        check_bn_teacher(ctx.teacher, "cmi")
+        check_bn_teacher(ctx.teacher, self.name)
         dim = sum(m.num_features for m in ctx.teacher.modules()
                   if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None)
         self.norm = Normalize(ctx.mean, ctx.std).to(ctx.device)
@@ -126,18 +124,8 @@ class CMI(PoolSampler, TemperedKL, KDMethod):
         return self.norm(g), self.norm(loc)
 
     def synthesize(self, hook: SynthesisHook | None = None) -> dict[str, float]:
-        logs: dict[str, float] = {}
-        hooks = teacher_bn_hooks(self.ctx.teacher, "cmi")
         self.generator.train()
-        try:
-            with frozen(self.ctx.student):
-                for _ in range(self.opts.g_steps_per_round):
-                    logs = self._step(hooks, hook)
-        finally:
-            for h in hooks:
-                h.remove()
-        logs["pool"] = float(len(self.pool))
-        return logs
+        return super().synthesize(hook)
 
     def _contrastive(self, local_feat: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
         o = self.opts

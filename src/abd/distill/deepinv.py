@@ -27,9 +27,7 @@ from abd.distill.synthesis import (
     SamplePool,
     TemperedKL,
     check_bn_teacher,
-    frozen,
     jitter_flip,
-    teacher_bn_hooks,
 )
 
 
@@ -64,7 +62,7 @@ class DeepInversion(PoolSampler, TemperedKL, KDMethod):
     def __init__(self, opts: DeepInvOptions, ctx) -> None:
         super().__init__(opts, ctx)
         self.opts: DeepInvOptions = opts
-        check_bn_teacher(ctx.teacher, "deepinv")
+        check_bn_teacher(ctx.teacher, self.name)
         self.norm = Normalize(ctx.mean, ctx.std).to(ctx.device)
         black = torch.zeros(1, ctx.channels, 1, 1, device=ctx.device)
         self.low, self.high = self.norm(black), self.norm(black + 1)  # valid normalized pixel range
@@ -81,20 +79,6 @@ class DeepInversion(PoolSampler, TemperedKL, KDMethod):
         self.it = 0
         self.best_cost = float("inf")
         self.best: torch.Tensor | None = None
-
-    def synthesize(self, hook: SynthesisHook | None = None) -> dict[str, float]:
-        ctx, o = self.ctx, self.opts
-        logs: dict[str, float] = {}
-        hooks = teacher_bn_hooks(ctx.teacher, "deepinv")
-        try:
-            with frozen(ctx.student):
-                for _ in range(o.g_steps_per_round):
-                    logs = self._step(hooks, hook)
-        finally:
-            for h in hooks:
-                h.remove()
-        logs["pool"] = float(len(self.pool))
-        return logs
 
     def _step(self, hooks: list, hook: SynthesisHook | None) -> dict[str, float]:
         """One pixel-optimization iteration; a finished synthesis goes to the pool."""

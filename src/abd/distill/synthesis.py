@@ -266,16 +266,37 @@ class PoolOptions(MethodOptions):
 
 
 class PoolSampler:
-    """Mixin: KD batches drawn from ``self.pool`` of [0, 1] images, augmented (crop, flip) and normalized;
-    before the first synthesis lands in the pool, from ``current_images()``."""
+    """Mixin for teacher inversion into an image pool. ``synthesize`` runs ``g_steps_per_round`` iterations
+    of ``_step(bn_hooks, hook)`` with the teacher's BatchNorm hooks on and the student frozen; KD batches are
+    drawn from ``self.pool`` of [0, 1] images, augmented (crop, flip) and normalized (before the first
+    synthesis lands in the pool, from ``current_images()``)."""
 
+    name: str
     opts: Any
+    ctx: KDContext
     pool: SamplePool
     norm: nn.Module
+
+    def _step(self, hooks: list[BNStatHook], hook: Callable | None) -> dict[str, float]:
+        """One synthesis iteration (a finished synthesis goes to the pool); returns its logs."""
+        raise NotImplementedError
 
     def current_images(self) -> torch.Tensor:
         """The synthesis in progress, as [0, 1] images."""
         raise NotImplementedError
+
+    def synthesize(self, hook: Callable | None = None) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        hooks = teacher_bn_hooks(self.ctx.teacher, self.name)
+        try:
+            with frozen(self.ctx.student):
+                for _ in range(self.opts.g_steps_per_round):
+                    logs = self._step(hooks, hook)
+        finally:
+            for h in hooks:
+                h.remove()
+        logs["pool"] = float(len(self.pool))
+        return logs
 
     def sample(self) -> torch.Tensor:
         o = self.opts

@@ -16,6 +16,7 @@ from pydantic import Field
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from abd.distill.engine import BRANCH_PARENT
 from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import (
     aggregate,
@@ -33,7 +34,6 @@ ARMS: dict[str, tuple[str, str]] = {  # arm -> (method, defense)
     "zskt+sr": ("zskt", "sr"),
     "zskt+abd": ("zskt", "abd"),
 }
-BRANCHES = {"zskt+sr": "zskt", "zskt+abd": "zskt+sv"}  # SR arms branch from their no-SR arm (SPEC 6.1)
 KEYS = ("acc", "asr", "ra", "target_acc", "seconds", "seconds_per_step")
 
 
@@ -42,6 +42,12 @@ class DemoConfig(StudyConfig):
 
     rounds: int = Field(1000, ge=1, description="ZSKT pseudo-batches (and clean-KD steps) per arm")
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
+
+
+def _parent_arm(arm: str) -> str:
+    """The arm an SR arm branches from: same method, the defense without SR (SPEC 6.1)."""
+    method, defense = ARMS[arm]
+    return next(a for a, md in ARMS.items() if md == (method, BRANCH_PARENT[defense]))
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -66,7 +72,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
             dcfg = cfg.distill_config(str(tdir), method, defense, seed, {"rounds": cfg.rounds})
             if progress:
                 tqdm.write(f"[seed {seed}] {arm}")
-            parent = out / f"seed{seed}" / BRANCHES[arm] if arm in BRANCHES else None
+            parent = out / f"seed{seed}" / _parent_arm(arm) if defense in BRANCH_PARENT else None
             m = run_or_reuse(dcfg, out / f"seed{seed}" / arm, parent, progress)
             per_arm[arm].append(m)
             if progress:
