@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from abd.defense import SelfRetrospection, ShufflingVaccine, frozen_bn_stats
@@ -65,10 +66,29 @@ def test_hypergradient_step_accumulates_into_student_grads() -> None:
     grads = [p.grad for p in student.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
-    plain = SelfRetrospection(student, teacher, inner_rounds=3, hypergrad=False)
+    plain = SelfRetrospection(student, teacher, inner_rounds=3, mode="plain")
     loss = plain.step(x)
     assert loss.requires_grad and torch.isfinite(loss)
     assert float(plain.last_delta.norm()) <= plain.radius + 1e-4
+
+
+def test_consistency_mode_distills_the_perturbed_batch_towards_the_teachers_clean_answer() -> None:
+    torch.manual_seed(0)
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+    x = torch.randn(16, 1, 28, 28)
+    sr = SelfRetrospection(student, teacher, inner_rounds=3, mode="consistency", weight=2.0)
+    loss = sr.step(x)
+    assert all(p.grad is None for p in student.parameters())  # a loss term, not accumulated gradients
+    with torch.no_grad():
+        expected = 2.0 * kl_mean(teacher(x), student(x + sr.last_delta))
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SelfRetrospection(student, teacher, mode="hypergradient")
+    with pytest.raises(ValueError, match="needs the teacher"):
+        SelfRetrospection(student, None, mode="consistency", pert_model="student")
 
 
 def test_reuse_delta_synthesizes_once_per_repeated_batch(backdoored_teacher_dir, monkeypatch) -> None:

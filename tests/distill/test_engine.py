@@ -13,12 +13,14 @@ from abd.experiment.demo import ARMS, DemoConfig, run_demo
 from abd.experiment.distill_config import DistillConfig
 from abd.experiment.runs import build_distiller
 
+PAPER_SR = {"mode": "hypergrad", "lr": 5e-4}  # the paper's separate SR phase (new Adam, SV off)
 
-def _cfg(teacher_dir, defense: str, rounds: int = 6) -> DistillConfig:
+
+def _cfg(teacher_dir, defense: str, rounds: int = 6, **sr) -> DistillConfig:
     return DistillConfig(
         teacher=str(teacher_dir), method="zskt", defense=defense, device="cpu", eval_every=2,
         checkpoint_every=3, method_options={"rounds": rounds, "batch_size": 16, "kd_steps": 2, "gen_width": 8},
-        sv={"verify_rounds": 2, "verify_max_samples": 64}, sr={"fraction": 0.34, "inner_rounds": 2},
+        sv={"verify_rounds": 2, "verify_max_samples": 64}, sr={"fraction": 0.34, "inner_rounds": 2, **sr},
     )
 
 
@@ -45,14 +47,15 @@ def test_interrupted_run_resumes_to_the_same_numbers(backdoored_teacher_dir, tmp
     _assert_same_run(tmp_path / "full", tmp_path / "cut", full, resumed)
 
 
-@pytest.mark.parametrize(("defense", "parent"), [("sr", "none"), ("abd", "sv")])
+@pytest.mark.parametrize(("defense", "parent", "sr"), [("sr", "none", {}), ("abd", "sv", {}),
+                                                      ("sr", "none", PAPER_SR), ("abd", "sv", PAPER_SR)])
 def test_sr_run_branched_from_its_no_sr_run_equals_the_full_run(backdoored_teacher_dir, tmp_path, defense,
-                                                                 parent) -> None:
-    full = build_distiller(_cfg(backdoored_teacher_dir, defense), tmp_path / "full", progress=False).run()
+                                                                 parent, sr) -> None:
+    full = build_distiller(_cfg(backdoored_teacher_dir, defense, **sr), tmp_path / "full", progress=False).run()
     assert not (tmp_path / "full" / BRANCH_FILE).exists()  # runs with SR keep no branch state
     build_distiller(_cfg(backdoored_teacher_dir, parent), tmp_path / "parent", progress=False).run()
     assert (tmp_path / "parent" / BRANCH_FILE).is_file()
-    branched = build_distiller(_cfg(backdoored_teacher_dir, defense), tmp_path / "branch",
+    branched = build_distiller(_cfg(backdoored_teacher_dir, defense, **sr), tmp_path / "branch",
                                progress=False).run(branch_from=tmp_path / "parent")
     _assert_same_run(tmp_path / "full", tmp_path / "branch", full, branched)
     assert branched["seconds"] > branched["sr_seconds"] > 0  # its time includes the parent's rounds
@@ -83,7 +86,7 @@ def test_same_seed_same_numbers_and_sr_phase_diverges_from_vanilla(backdoored_te
 
 
 def test_every_demo_arm_runs_and_writes_results(backdoored_teacher_dir, tmp_path) -> None:
-    cfg = DemoConfig(rounds=4, eval_every=2, device="cpu", sv={"verify_rounds": 1, "verify_max_samples": 64},
+    cfg = DemoConfig(rounds=4, eval_every=2, device="cpu", workers=1, sv={"verify_rounds": 1, "verify_max_samples": 64},
                      sr={"fraction": 0.5, "inner_rounds": 2})
     res = run_demo(cfg, tmp_path, progress=False)
     assert set(res["arms"]) == {"teacher", *ARMS}

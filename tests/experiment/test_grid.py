@@ -46,6 +46,11 @@ def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(back
     real = runs.build_distiller
     monkeypatch.setattr(runs, "build_distiller", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert runs.run_or_reuse(cfg, tmp_path / "run", progress=False) == first and not calls  # reused
+    # options of a defense the run does not use do not make it another run
+    other_sr = cfg.model_copy(update={"sr": cfg.sr.model_copy(update={"inner_rounds": 7})})
+    assert runs.run_or_reuse(other_sr, tmp_path / "run", progress=False) == first and not calls
+    with_sr = other_sr.model_copy(update={"defense": "sr"})
+    assert not runs.same_config(tmp_path / "run", with_sr.resolved().to_yaml())
     # a changed default is a different run: it is not reused
     from abd.distill import base
 
@@ -54,3 +59,23 @@ def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(back
                         lambda name, o=None, p=None: real_resolve(name, {"at_beta": 0.0, **(o or {})}, p))
     runs.run_or_reuse(cfg, tmp_path / "run", progress=False)
     assert calls
+
+
+def test_parallel_runs_give_the_numbers_of_sequential_runs(backdoored_teacher_dir, tmp_path) -> None:
+    from abd.experiment.distill_config import DistillConfig
+    from abd.experiment.runs import Job, run_jobs
+
+    def jobs(root):
+        return [Job(DistillConfig(teacher=str(backdoored_teacher_dir), method="zskt", defense=d, device="cpu",
+                                  eval_every=2, sr={"inner_rounds": 2},
+                                  method_options={"rounds": 3, "batch_size": 8, "kd_steps": 1, "gen_width": 8}),
+                    root / d) for d in ("none", "sr")]
+
+    par = run_jobs(jobs(tmp_path / "par"), workers=2, progress=False)
+    seq = run_jobs(jobs(tmp_path / "seq"), workers=1, progress=False)
+    assert [m["defense"] for m in par] == ["none", "sr"]  # results in job order
+    for a, b in zip(par, seq):
+        assert (a["acc"], a["asr"], a["target_acc"]) == (b["acc"], b["asr"], b["target_acc"])
+    for d in ("none", "sr"):
+        assert (tmp_path / "par" / d / "student.safetensors").read_bytes() == \
+            (tmp_path / "seq" / d / "student.safetensors").read_bytes()

@@ -6,6 +6,7 @@ Both plug-ins attach to any KD loop in a few lines (this example runs as a test)
 >>> from abd.models import create_model, create_generator
 >>> from abd.defense import ShufflingVaccine, SelfRetrospection
 >>> from abd.distill.losses import kl_mean
+>>> from abd.experiment.distill_config import SROptions
 >>> _ = torch.manual_seed(0)
 >>> teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
 >>> student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
@@ -13,7 +14,7 @@ Both plug-ins attach to any KD loop in a few lines (this example runs as a test)
 >>> opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
 >>> opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
 >>> sv = ShufflingVaccine(teacher)                 # shuffled-teacher ensemble
->>> sr = SelfRetrospection(student, teacher)       # trigger synthesis + unlearning
+>>> sr = SROptions().build(student, teacher)       # trigger synthesis + unlearning, tuned defaults
 >>> for step in range(4):
 ...     x = gen(torch.randn(16, 16))
 ...     loss_g = -kl_mean(teacher(x), student(x)) + sv.penalty(x)   # SV: a term on the synthesis loss
@@ -22,10 +23,13 @@ Both plug-ins attach to any KD loop in a few lines (this example runs as a test)
 ...     with torch.no_grad():
 ...         t = teacher(x)
 ...     opt_s.zero_grad()
-...     extra = sr.step(x) if step >= 2 else 0.0                     # SR: the final phase's student step
+...     extra = sr.step(x)                     # SR: a loss term (mode "consistency", every step)
 ...     (kl_mean(t, student(x)) + extra).backward(); opt_s.step()
 >>> sr.last_delta.shape
 torch.Size([1, 1, 28, 28])
+
+The paper's SR (``SelfRetrospection(student, teacher, mode="hypergrad")``) runs only in the final phase of
+training; its ``step`` adds the unlearning hypergradient to the student's ``.grad`` and returns zero.
 """
 
 from abd.defense.hypergrad import fixed_point_hypergrad

@@ -1,10 +1,17 @@
 """Self-Retrospection (SR), Hong et al. ICML 2023, SPEC section 6.
 
-Late in distillation the student synthesizes the trigger it may have learned, as a batch-universal
-perturbation delta that most changes predictions, and unlearns it: the student is made insensitive to
-delta through an implicit hypergradient (I-BAU, Zeng et al. ICLR 2022) that accounts for how delta
-itself depends on the student's weights. No labels are needed: the student's own clean prediction is
-the target.
+SR synthesizes the trigger the student may have learned, as a batch-universal perturbation delta that
+most changes predictions, and unlearns it. Three ways to unlearn (``mode``):
+
+- ``"hypergrad"`` (the paper, SPEC 6.2): late in distillation the student is made insensitive to delta
+  through an implicit hypergradient (I-BAU, Zeng et al. ICLR 2022) that accounts for how delta itself
+  depends on the student's weights; the student's own clean prediction is the target.
+- ``"plain"`` (SPEC 6.3): the same without the hypergradient, a radius-bounded delta and an adversarial
+  KL term.
+- ``"consistency"`` (beyond the paper): the student is distilled on ``x + delta`` towards the teacher's
+  prediction on the clean ``x``, over the whole run. A small student whose target-class detector shares
+  features with the trigger loses the whole target class when a learned backdoor is unlearned late;
+  learning from the start that delta does not change the answer makes it find other features.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from torch.func import functional_call
 from abd.defense.hypergrad import fixed_point_hypergrad
 from abd.distill.losses import kl_mean
 
+MODES = ("hypergrad", "plain", "consistency")
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (target logits, logits) -> scalar
 
 
@@ -53,8 +61,8 @@ class SelfRetrospection:
         k: Neumann / fixed-point iterations of the hypergradient (paper: 5).
         out_portion: fraction of the batch patched with delta in the outer loss (paper: 0.02; at least 1).
         weight: scale of the unlearning gradient (paper: 1, simply summed with the KD gradient).
-        hypergrad: the implicit-hypergradient variant (True) or the simpler adversarial-KL one (SPEC 6.3).
-        radius: L2 radius of delta in the non-hypergradient variant (paper: 10).
+        mode: "hypergrad" (SPEC 6.2), "plain" (SPEC 6.3) or "consistency" (see the module docstring).
+        radius: L2 radius of delta in the "plain" mode (paper: 10).
         divergence: D(target_logits, logits), teacher-first KL in the KD method's reduction.
         vaccine: a ShufflingVaccine to guide the trigger synthesis (ABD's two plug-ins combined, beyond
             the paper): delta also minimizes ``vaccine_weight`` * mean log10 d(x + delta), so it seeks a
@@ -86,7 +94,7 @@ class SelfRetrospection:
         k: int = 5,
         out_portion: float = 0.02,
         weight: float = 1.0,
-        hypergrad: bool = True,
+        mode: str = "hypergrad",
         radius: float = 10.0,
         divergence: Divergence = kl_mean,
         generator: torch.Generator | None = None,
@@ -96,6 +104,10 @@ class SelfRetrospection:
         warm_start: bool = False,
         reuse_delta: bool = False,
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "consistency" and teacher is None:
+            raise ValueError("mode='consistency' needs the teacher")
         if pert_model not in ("teacher", "student"):
             raise ValueError(f"pert_model must be 'teacher' or 'student', got {pert_model!r}")
         if pert_model == "teacher" and teacher is None:
@@ -103,7 +115,7 @@ class SelfRetrospection:
         self.student, self.teacher, self.pert_model = student, teacher, pert_model
         self.inner_rounds, self.pert_lr, self.l2, self.inner_step = inner_rounds, pert_lr, l2, inner_step
         self.k, self.out_portion, self.weight = k, out_portion, weight
-        self.hypergrad, self.radius, self.divergence = hypergrad, radius, divergence
+        self.mode, self.radius, self.divergence = mode, radius, divergence
         self.generator = generator
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
         self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
@@ -137,7 +149,7 @@ class SelfRetrospection:
                     t_logits = out if self.pert_model == "teacher" else None
                     d, _ = self.vaccine.divergence(x + delta, t_logits)
                     loss = loss + self.vaccine_weight * torch.log10(d.clamp_min(1e-12)).mean()
-                if self.hypergrad:
+                if self.mode != "plain":
                     loss = loss + self.l2 * delta.pow(2).sum()
                 if self.l1 > 0:
                     loss = loss + self.l1 * delta.abs().sum()
@@ -180,17 +192,22 @@ class SelfRetrospection:
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One SR step on batch `x`: call after ``optimizer.zero_grad()``; returns a loss to add to the KD
-        loss (zero for the hypergradient variant, whose gradient is accumulated into ``.grad`` here)."""
+        loss (zero for the hypergradient mode, whose gradient is accumulated into ``.grad`` here)."""
         if self.reuse_delta and self.last_delta is not None and x is self._last_x:
             delta = self.last_delta
         else:
             delta = self.synthesize(x)
         self._last_x = x
-        if not self.hypergrad:
+        if self.mode == "plain":
             delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
             self.last_delta = delta
             return 0.5 * self.divergence(self.student(x), self.student(x + delta)) * self.weight
         self.last_delta = delta
+        if self.mode == "consistency":
+            assert self.teacher is not None
+            with torch.no_grad():
+                target = self.teacher(x)
+            return self.divergence(target, self.student(x + delta)) * self.weight
         grads = self.unlearning_grads(x, delta)
         params = [p for p in self.student.parameters() if p.requires_grad]
         for p, g in zip(params, grads):

@@ -123,16 +123,9 @@ class Distiller:
         self.sr_start = self.rounds
         self.sr_started = False
         if cfg.use_sr:
-            r = cfg.sr
             self.sr_start = self.branch_round
-            self.sr = SelfRetrospection(
-                self.student, self.teacher, pert_model=r.pert_model, inner_rounds=r.inner_rounds,
-                pert_lr=r.pert_lr, l2=r.l2, inner_step=r.inner_step, k=r.k, out_portion=r.out_portion,
-                weight=r.weight, hypergrad=r.hypergrad, radius=r.radius, divergence=self.method.divergence,
-                generator=torch.Generator().manual_seed(cfg.seed + 29),
-                vaccine=self.sv, vaccine_weight=r.vaccine_weight, l1=r.l1, warm_start=r.warm_start,
-                reuse_delta=r.reuse_delta,
-            )
+            self.sr = cfg.sr.build(self.student, self.teacher, self.method.divergence, self.sv,
+                                   torch.Generator().manual_seed(cfg.seed + 29))
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
         self.t_names, self.s_names = t_names, s_names
@@ -150,9 +143,12 @@ class Distiller:
         return -self.sv.coef * r, logs
 
     def _start_sr_phase(self) -> None:
-        """Switch to the SR phase: a new student Adam at the SR learning rate, cosine over the rest; SV off."""
+        """Enter the SR phase; with an SR learning rate (the paper's protocol) the student gets a new Adam
+        at that rate, cosine over the rest, and SV is switched off."""
         assert self.sr is not None
         self.sr_started = True
+        if self.cfg.sr.lr is None:
+            return
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.sr.lr)
         self.sched = cosine_scheduler(self.opt, self.rounds - self.sr_start)
         if self.sv is not None:
@@ -183,7 +179,7 @@ class Distiller:
             self.sr_seconds += time.perf_counter() - t0
         loss.backward()
         clip = self.method.opts.grad_clip
-        if clip is not None and not sr_phase:
+        if clip is not None and not (sr_phase and self.cfg.sr.mode == "hypergrad"):  # SPEC 6.2: no clipping
             nn.utils.clip_grad_norm_(self.student.parameters(), clip)
         self.opt.step()
         return logs
@@ -222,7 +218,10 @@ class Distiller:
         if not state.is_file() or not cfg_file.is_file():
             raise BranchError(f"{parent} has no {BRANCH_FILE} and config.yaml: branch from a run without SR "
                               "that reached its SR start round")
-        pcfg = DistillConfig.load(cfg_file).resolved()
+        try:
+            pcfg = DistillConfig.load(cfg_file).resolved()
+        except ValueError as e:  # e.g. written by an older version with other options
+            raise BranchError(f"{cfg_file} is not a readable run configuration: {e}") from None
         want = BRANCH_PARENT[self.cfg.defense]
         if pcfg.defense != want:
             raise BranchError(f"a {self.cfg.defense!r} run branches from a {want!r} run, not {pcfg.defense!r}")

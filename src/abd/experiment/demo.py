@@ -2,8 +2,9 @@
 
 Trains (or reuses) a BadNets-grid LeNet-5 teacher on mnist5k, then distills it into LeNet-5-half students
 with clean KD, vanilla ZSKT, ZSKT+SV, ZSKT+SR and ZSKT+ABD (SV and SR), for one or more seeds, and writes
-``results.json``, ``results.md`` and PNG figures. The SR arms branch from the state their no-SR arm saved
-at the SR start round, so that arm is also the control for the SR phase.
+``results.json``, ``results.md`` and PNG figures. Arms run in parallel processes (``workers``). With an SR
+phase that starts late (``sr.fraction < 1``, the paper's protocol) the SR arms branch from the state their
+no-SR arm saved at the SR start round, so that arm is also the control for the SR phase.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _parent_arm(arm: str) -> str:
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every seed and arm; write results.json, results.md and figures into `out_dir`."""
-    from abd.experiment.runs import ensure_teacher, run_or_reuse
+    from abd.experiment.runs import Job, ensure_teacher, run_jobs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
     if unknown:
         raise ValueError(f"unknown demo arm(s) {unknown}; known: {list(ARMS)}")
     t_start = time.perf_counter()
-    teachers, per_arm = [], {a: [] for a in cfg.arms}
+    teachers, jobs = [], []
     for seed in range(cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
         if progress:
@@ -70,14 +71,12 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
         for arm in cfg.arms:
             method, defense = ARMS[arm]
             dcfg = cfg.distill_config(str(tdir), method, defense, seed, {"rounds": cfg.rounds})
-            if progress:
-                tqdm.write(f"[seed {seed}] {arm}")
             parent = out / f"seed{seed}" / _parent_arm(arm) if defense in BRANCH_PARENT else None
-            m = run_or_reuse(dcfg, out / f"seed{seed}" / arm, parent, progress)
-            per_arm[arm].append(m)
-            if progress:
-                tqdm.write(f"[seed {seed}] {arm}: ACC {100 * m['acc']:.1f}%  ASR {100 * m['asr']:.1f}%  "
-                           f"target ACC {100 * m['target_acc']:.1f}%  {m['seconds']:.0f} s")
+            jobs.append(Job(dcfg, out / f"seed{seed}" / arm, parent, f"[seed {seed}] {arm}"))
+    metrics = run_jobs(jobs, cfg.workers, progress)
+    per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
+    for job, m in zip(jobs, metrics):
+        per_arm[job.run_dir.name].append(m)
     arms = {"teacher": aggregate(teachers, KEYS)}
     arms.update({a: aggregate(runs, KEYS) for a, runs in per_arm.items()})
     if "zskt+sr" in per_arm and "zskt" in per_arm:  # SR phase vs the vanilla control from the same point

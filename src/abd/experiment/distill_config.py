@@ -28,19 +28,29 @@ class SVOptions(Config):
 
 
 class SROptions(Config):
-    """Self-Retrospection (SPEC 6): runs over the final ``fraction`` of the rounds of the same run."""
+    """Self-Retrospection (SPEC 6) over the final ``fraction`` of the rounds of the same run.
 
-    fraction: float = Field(0.05, gt=0, le=1)
-    lr: float = Field(5e-4, gt=0, description="student learning rate of the SR phase (new Adam, cosine)")
-    inner_rounds: int = Field(20, ge=1, description="perturbation-synthesis steps (paper: 10 or 20)")
+    Defaults: the ``consistency`` mode over the whole run, which keeps the target class of the small
+    CPU students (see :mod:`abd.defense.retrospect`). The paper's protocol is ``mode: hypergrad``,
+    ``fraction: 0.05``, ``lr: 5e-4``, ``inner_rounds: 20``.
+    """
+
+    mode: Literal["hypergrad", "plain", "consistency"] = Field(
+        "consistency", description="how the synthesized trigger is unlearned (paper: hypergrad)")
+    fraction: float = Field(1.0, gt=0, le=1, description="SR runs over this final fraction of the rounds "
+                            "(paper: the last 0.5-1 % of ZSKT; 1: the whole run)")
+    lr: float | None = Field(None, gt=0, description="a separate SR phase: a new student Adam at this rate, "
+                             "cosine over the rest, SV off (paper: 5e-4); None keeps the run's optimizer "
+                             "and SV, SR adding its term to every student step")
+    inner_rounds: int = Field(4, ge=1, description="perturbation-synthesis steps per synthesis (paper: 10 "
+                              "or 20; with warm_start the perturbation keeps improving across rounds)")
     pert_lr: float = Field(0.5, gt=0, description="perturbation Adam lr (paper: 0.1; MNIST's normalized "
                            "range is wider, and a trigger pixel moves by ~3.2 units)")
     l2: float = Field(1e-2, ge=0, description="L2 weight on the perturbation (paper: 0.001)")
     inner_step: float = Field(0.1, gt=0)
     k: int = Field(5, ge=1)
     out_portion: float = Field(0.1, gt=0, le=1, description="patched fraction of the outer batch (paper: 0.02)")
-    weight: float = Field(1.0, ge=0)
-    hypergrad: bool = True
+    weight: float = Field(0.5, ge=0, description="weight of the unlearning term (paper: 1, hypergrad)")
     pert_model: Literal["teacher", "student"] = "teacher"
     radius: float = Field(10.0, gt=0)
     l1: float = Field(0.01, ge=0, description="L1 weight on the synthesized perturbation (paper: 0)")
@@ -49,6 +59,21 @@ class SROptions(Config):
                               "(ZSKT's kd_steps; the paper re-synthesizes on every step)")
     vaccine_weight: float = Field(0.3, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis)")
+
+    def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
+              generator: Any = None) -> Any:
+        """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``:
+        the KD method's, default KL; ``vaccine``: a ShufflingVaccine to guide the trigger synthesis)."""
+        from abd.defense import SelfRetrospection
+        from abd.distill.losses import kl_mean
+
+        return SelfRetrospection(
+            student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,
+            l2=self.l2, inner_step=self.inner_step, k=self.k, out_portion=self.out_portion, weight=self.weight,
+            mode=self.mode, radius=self.radius, divergence=divergence or kl_mean, generator=generator,
+            vaccine=vaccine, vaccine_weight=self.vaccine_weight, l1=self.l1, warm_start=self.warm_start,
+            reuse_delta=self.reuse_delta,
+        )
 
 
 class DistillConfig(Config):
@@ -113,6 +138,7 @@ class StudyConfig(Config):
     eval_every: int = Field(50, ge=1)
     device: str = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
+    workers: int = Field(2, ge=1, description="runs at a time, one process each (numbers do not depend on it)")
 
     def teacher_config(self, seed: int) -> TeacherConfig:
         """The teacher of seed `seed`."""

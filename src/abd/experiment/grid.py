@@ -1,8 +1,8 @@
 """``abd grid``: the method x defense grid on one poisoned teacher, over seeds (the KD-methods benchmark).
 
 Every registered KD method runs vanilla and with each requested defense into the same student; SR runs
-branch from the same run without SR. Writes ``grid.json``, ``grid.md`` and ``grid.png`` (ACC against ASR,
-an arrow from each method's vanilla run to its defended runs).
+whose SR phase starts late branch from the same run without SR. Writes ``grid.json``, ``grid.md`` and
+``grid.png`` (ACC against ASR, an arrow from each method's vanilla run to its defended runs).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from tqdm.auto import tqdm
 
 from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import aggregate, markdown_table
@@ -43,38 +42,39 @@ class GridConfig(StudyConfig):
         return v
 
 
-def _order(defenses: list[str]) -> list[str]:
-    """The defenses to run, parents of SR runs included, parents first."""
+def _order(defenses: list[str], branching: bool) -> list[str]:
+    """The defenses to run, parents first; with `branching` (an SR phase that starts after round 0) the
+    parents of SR runs are added."""
     from abd.distill.engine import BRANCH_PARENT
 
-    need = set(defenses) | {BRANCH_PARENT[d] for d in defenses if d in BRANCH_PARENT}
+    need = set(defenses) | ({BRANCH_PARENT[d] for d in defenses if d in BRANCH_PARENT} if branching else set())
     return [d for d in ("none", "sv", "sr", "abd") if d in need]
 
 
 def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) every seed x method x defense; write grid.json, grid.md and grid.png."""
     from abd.distill.engine import BRANCH_PARENT
-    from abd.experiment.runs import ensure_teacher, run_or_reuse
+    from abd.experiment.runs import Job, ensure_teacher, run_jobs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid_config.yaml").write_text(cfg.to_yaml())
     t_start = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {}
-    teachers = []
+    teachers, jobs = [], []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
         teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
         for method in cfg.methods:
             opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
-            for defense in _order(cfg.defenses):
+            for defense in _order(cfg.defenses, cfg.sr.fraction < 1):
                 dcfg = cfg.distill_config(str(tdir), method, defense, seed, opts)
-                if progress:
-                    tqdm.write(f"[seed {seed}] {method}+{defense}")
                 parent = out / f"seed{seed}" / f"{method}+{BRANCH_PARENT[defense]}" if defense in BRANCH_PARENT \
                     else None
-                m = run_or_reuse(dcfg, out / f"seed{seed}" / f"{method}+{defense}", parent, progress)
-                runs.setdefault(f"{method}+{defense}", []).append(m)
+                jobs.append(Job(dcfg, out / f"seed{seed}" / f"{method}+{defense}", parent,
+                                f"[seed {seed}] {method}+{defense}"))
+    for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress)):
+        runs.setdefault(job.run_dir.name, []).append(m)
     rows = {"teacher": aggregate(teachers, GRID_KEYS)}
     rows.update({k: aggregate(v, GRID_KEYS) for k, v in runs.items()})
     results = {"config": cfg.model_dump(mode="json"), "rows": rows, "wall_seconds": time.perf_counter() - t_start}

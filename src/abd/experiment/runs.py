@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
 from abd.attacks import create_trigger
 from abd.attacks.poison import make_eval_data
@@ -57,10 +61,21 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, p
         return build_distiller(cfg, out_dir, progress).run(resume=resume, branch_from=branch_from)
 
 
+def _effective(cfg: Any) -> Any:
+    """A config as data, without the options of defenses the run does not use (a vanilla run is the same
+    run whatever the SR options say)."""
+    if not isinstance(cfg, dict) or "defense" not in cfg:
+        return cfg
+    unused = {"sv"} if cfg["defense"] not in ("sv", "abd") else set()
+    unused |= {"sr"} if cfg["defense"] not in ("sr", "abd") else set()
+    return {k: v for k, v in cfg.items() if k not in unused}
+
+
 def same_config(run_dir: str | Path, cfg_yaml: str) -> bool:
-    """Whether `run_dir` holds a run of exactly this configuration (compared as data, not as text)."""
+    """Whether `run_dir` holds a run of exactly this configuration (compared as data, not as text, and
+    ignoring the options of defenses the run does not use)."""
     c = Path(run_dir) / "config.yaml"
-    return c.is_file() and yaml.safe_load(c.read_text()) == yaml.safe_load(cfg_yaml)
+    return c.is_file() and _effective(yaml.safe_load(c.read_text())) == _effective(yaml.safe_load(cfg_yaml))
 
 
 def finished(run_dir: str | Path, cfg_yaml: str) -> dict[str, Any] | None:
@@ -98,3 +113,55 @@ def run_or_reuse(cfg: DistillConfig, run_dir: str | Path, parent: str | Path | N
                 warnings.warn(f"not branching from {branch}: {e}", stacklevel=2)
                 branch = None
         return distiller.run(resume=resume, branch_from=branch)
+
+
+@dataclass
+class Job:
+    """One run of a study: its config, its directory, and the no-SR run it may branch from."""
+
+    cfg: DistillConfig
+    run_dir: Path
+    parent: Path | None = None
+    label: str = ""
+
+
+def _run_job(job: Job, progress: bool = False) -> dict[str, Any]:
+    parent = job.parent if job.cfg.use_sr and job.cfg.sr.fraction < 1 else None
+    return run_or_reuse(job.cfg, job.run_dir, parent, progress)
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+    """The metrics of every job, in order: run (or reused, resumed), up to `workers` at a time in separate
+    processes. Each run seeds itself, so the numbers do not depend on `workers`. A job whose parent is
+    another job's directory waits for it (it branches from the parent's saved state)."""
+    results: dict[int, dict[str, Any]] = {}
+    dirs = {Path(j.run_dir) for j in jobs}
+    first = [i for i, j in enumerate(jobs) if j.parent is None or Path(j.parent) not in dirs
+             or j.cfg.sr.fraction >= 1]
+    waves = [first, [i for i in range(len(jobs)) if i not in first]]
+
+    def report(i: int, m: dict[str, Any]) -> None:
+        results[i] = m
+        if progress:
+            nan = float("nan")
+            tqdm.write(f"{jobs[i].label or jobs[i].run_dir}: ACC {100 * m['acc']:.1f}%  ASR "
+                       f"{100 * m.get('asr', nan):.1f}%  target ACC {100 * m.get('target_acc', nan):.1f}%  "
+                       f"{m['seconds']:.0f} s")
+
+    if workers <= 1:
+        for wave in waves:
+            for i in wave:
+                if progress:
+                    tqdm.write(f"{jobs[i].label or jobs[i].run_dir}")
+                report(i, _run_job(jobs[i], progress))
+        return [results[i] for i in range(len(jobs))]
+    bar = tqdm(total=len(jobs), desc=f"runs ({workers} processes)", unit="run", disable=not progress)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for wave in waves:  # the costliest runs (with SR, then SV) first, so that the processes end together
+            order = sorted(wave, key=lambda i: (not jobs[i].cfg.use_sr, not jobs[i].cfg.use_sv))
+            futures = {pool.submit(_run_job, jobs[i]): i for i in order}
+            for f in as_completed(futures):
+                report(futures[f], f.result())
+                bar.update(1)
+    bar.close()
+    return [results[i] for i in range(len(jobs))]
