@@ -85,6 +85,17 @@ def test_consistency_mode_distills_the_perturbed_batch_towards_the_teachers_clea
     assert torch.allclose(loss.detach(), expected, rtol=1e-5)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+    # clipped: the perturbed images stay valid images, and the term is computed on them
+    low, high = torch.full((1, 1, 1, 1), -0.5), torch.full((1, 1, 1, 1), 2.5)
+    clipped = SelfRetrospection(student, teacher, inner_rounds=3, pert_lr=2.0, mode="consistency",
+                                bounds=(low, high))
+    x = torch.rand(16, 1, 28, 28) * 3 - 0.5
+    loss = clipped.step(x)
+    xd = clipped.perturb(x, clipped.last_delta)
+    assert float(xd.min()) >= -0.5 and float(xd.max()) <= 2.5
+    assert float((x + clipped.last_delta).abs().max()) > 2.5  # the clamp did act
+    with torch.no_grad():
+        assert torch.allclose(loss, kl_mean(teacher(x), student(xd)), rtol=1e-5)
     with pytest.raises(ValueError, match="mode must be one of"):
         SelfRetrospection(student, teacher, mode="hypergradient")
     with pytest.raises(ValueError, match="needs the teacher"):

@@ -74,11 +74,14 @@ class SelfRetrospection:
             a trigger found once is kept and refined across steps.
         reuse_delta: when a step sees the very batch tensor of the previous step (ZSKT trains kd_steps
             times on one pseudo-batch), reuse its delta instead of synthesizing again.
+        bounds: (low, high) of valid normalized pixels, broadcastable to a batch: the perturbed images
+            are clamped to them, so delta is a change a real image could carry (the paper does not clip;
+            an unclipped delta grows to many times the pixel range).
 
-    Usage in any KD loop, in the final phase of training:
+    Usage in any KD loop (``"consistency"``: every step; ``"hypergrad"``: the final phase of training):
 
-    >>> sr = SelfRetrospection(student, teacher)
-    >>> opt.zero_grad(); extra = sr.step(x)   # adds the unlearning hypergradient to student .grad
+    >>> sr = SelfRetrospection(student, teacher, mode="consistency")
+    >>> opt.zero_grad(); extra = sr.step(x)   # hypergrad mode: adds the unlearning hypergradient to .grad
     >>> (kd_loss + extra).backward(); opt.step()
     """
 
@@ -103,6 +106,7 @@ class SelfRetrospection:
         l1: float = 0.0,
         warm_start: bool = False,
         reuse_delta: bool = False,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -119,8 +123,16 @@ class SelfRetrospection:
         self.generator = generator
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
         self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
+        self.bounds = bounds
         self.last_delta: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
+
+    def perturb(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``x + delta``, kept inside the valid image range when ``bounds`` are set."""
+        if self.bounds is None:
+            return x + delta
+        low, high = (b.to(x.device) for b in self.bounds)
+        return torch.maximum(torch.minimum(x + delta, high), low)
 
     def synthesize(self, x: torch.Tensor) -> torch.Tensor:
         """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output."""
@@ -143,11 +155,12 @@ class SelfRetrospection:
                 target = model(x)
             for _ in range(self.inner_rounds):
                 with frozen_bn_stats(model):
-                    out = model(x + delta)
+                    xd = self.perturb(x, delta)
+                    out = model(xd)
                 loss = -self.divergence(target, out)
                 if self.vaccine is not None and self.vaccine_weight > 0:
                     t_logits = out if self.pert_model == "teacher" else None
-                    d, _ = self.vaccine.divergence(x + delta, t_logits)
+                    d, _ = self.vaccine.divergence(xd, t_logits)
                     loss = loss + self.vaccine_weight * torch.log10(d.clamp_min(1e-12)).mean()
                 if self.mode != "plain":
                     loss = loss + self.l2 * delta.pow(2).sum()
@@ -181,12 +194,12 @@ class SelfRetrospection:
             clean_ref = f(params, x).detach()
 
             def inner_map(w, theta):
-                l_in = -self.divergence(clean_ref, f(theta, x + w)) + self.l2 * w.pow(2).sum()
+                l_in = -self.divergence(clean_ref, f(theta, self.perturb(x, w))) + self.l2 * w.pow(2).sum()
                 g = torch.autograd.grad(l_in, w, create_graph=True)[0]
                 return w - self.inner_step * g
 
             def outer_loss(w, theta):
-                return self.divergence(clean_ref, f(theta, x + patch * w))
+                return self.divergence(clean_ref, f(theta, self.perturb(x, patch * w)))
 
             return fixed_point_hypergrad(params, delta, inner_map, outer_loss, k=self.k)
 
@@ -201,13 +214,13 @@ class SelfRetrospection:
         if self.mode == "plain":
             delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
             self.last_delta = delta
-            return 0.5 * self.divergence(self.student(x), self.student(x + delta)) * self.weight
+            return 0.5 * self.divergence(self.student(x), self.student(self.perturb(x, delta))) * self.weight
         self.last_delta = delta
         if self.mode == "consistency":
             assert self.teacher is not None
             with torch.no_grad():
                 target = self.teacher(x)
-            return self.divergence(target, self.student(x + delta)) * self.weight
+            return self.divergence(target, self.student(self.perturb(x, delta))) * self.weight
         grads = self.unlearning_grads(x, delta)
         params = [p for p in self.student.parameters() if p.requires_grad]
         for p, g in zip(params, grads):
