@@ -118,3 +118,22 @@ def test_reuse_delta_synthesizes_once_per_repeated_batch(backdoored_teacher_dir,
             sr.step(batch)
         assert len(calls) == expected
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_sr_options_use_a_temperature_one_kl_unless_told_to_use_the_methods_divergence() -> None:
+    from abd.distill.zskt import ZSKT, ZSKTOptions
+    from abd.experiment.distill_config import SROptions
+
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+
+    def l1(a, b):
+        return (a - b).abs().mean()
+
+    assert SROptions().build(student, teacher, l1).divergence is kl_mean
+    assert SROptions(divergence="method").build(student, teacher, l1).divergence is l1
+    # ZSKT's own divergence is that KL: its SR runs are the same whichever is chosen
+    a, b = torch.randn(8, 10), torch.randn(8, 10)
+    zskt = ZSKT.__new__(ZSKT)
+    zskt.opts = ZSKTOptions()
+    assert torch.equal(zskt.divergence(a, b), kl_mean(a, b))

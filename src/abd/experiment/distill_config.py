@@ -57,6 +57,11 @@ class SROptions(Config):
     warm_start: bool = Field(True, description="start each synthesis from the last perturbation (paper: no)")
     reuse_delta: bool = Field(True, description="reuse the perturbation while the method repeats a batch "
                               "(ZSKT's kd_steps; the paper re-synthesizes on every step)")
+    divergence: Literal["kl", "method"] = Field(
+        "kl", description="D of the trigger synthesis and of the unlearning term: KL at temperature 1 (ZSKT's "
+        "elementwise mean, the scale the defaults were tuned on) for every method, or the KD method's own "
+        "(paper: CMI's KL at T=20 times T^2, which let delta grow to norms of thousands; DFAD's L1, whose "
+        "zero gradient at delta = 0 never moved delta)")
     clip: bool = Field(False, description="keep x + delta inside the valid pixel range (paper: no clipping; "
                        "measured with consistency: better on one seed, the backdoor kept on two)")
     vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
@@ -66,9 +71,9 @@ class SROptions(Config):
     def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
               generator: Any = None, mean: tuple[float, ...] | None = None,
               std: tuple[float, ...] | None = None) -> Any:
-        """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``:
-        the KD method's, default KL; ``vaccine``: a ShufflingVaccine to guide the trigger synthesis;
-        ``mean``/``std``: the input normalization, which gives the valid pixel range for ``clip``)."""
+        """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``: the
+        KD method's, used with ``divergence: method``; ``vaccine``: a ShufflingVaccine to guide the trigger
+        synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``)."""
         import torch
 
         from abd.defense import SelfRetrospection
@@ -82,7 +87,8 @@ class SROptions(Config):
         return SelfRetrospection(
             student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,
             l2=self.l2, inner_step=self.inner_step, k=self.k, out_portion=self.out_portion, weight=self.weight,
-            mode=self.mode, radius=self.radius, divergence=divergence or kl_mean, generator=generator,
+            mode=self.mode, radius=self.radius, generator=generator,
+            divergence=divergence if (self.divergence == "method" and divergence is not None) else kl_mean,
             vaccine=vaccine, vaccine_weight=self.vaccine_weight, l1=self.l1, warm_start=self.warm_start,
             reuse_delta=self.reuse_delta, bounds=bounds,
         )
