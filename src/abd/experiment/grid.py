@@ -97,13 +97,13 @@ def plot_grid(rows: dict[str, dict[str, Any]], methods: list[str], defenses: lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = plt.get_cmap("tab10")
     for i, method in enumerate(methods):
         van = rows.get(f"{method}+none")
         c = colors(i % 10)
         if van is not None:
-            ax.scatter(100 * van["asr"], 100 * van["acc"], color=c, marker="o", label=f"{method} (vanilla)")
+            ax.scatter(100 * van["asr"], 100 * van["acc"], color=c, marker="o", label=method)
         for d in defenses:
             r = rows.get(f"{method}+{d}")
             if r is None:
@@ -116,7 +116,7 @@ def plot_grid(rows: dict[str, dict[str, Any]], methods: list[str], defenses: lis
     ax.set_ylabel("ACC %")
     ax.set_title(f"vanilla (o) -> {'/'.join(defenses) or 'defended'} (*)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
