@@ -134,8 +134,9 @@ class SelfRetrospection:
         low, high = (b.to(x.device) for b in self.bounds)
         return torch.maximum(torch.minimum(x + delta, high), low)
 
-    def synthesize(self, x: torch.Tensor) -> torch.Tensor:
-        """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output."""
+    def synthesize(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output
+        (``t_logits``: the teacher's logits on `x` when the caller has them, so they are not recomputed)."""
         model = self.teacher if self.pert_model == "teacher" else self.student
         was = model.training
         if self.pert_model == "teacher":
@@ -151,8 +152,11 @@ class SelfRetrospection:
         for p in params:  # grads only for delta; model .grad stays untouched
             p.requires_grad_(False)
         try:
-            with frozen_bn_stats(model), torch.no_grad():
-                target = model(x)
+            if t_logits is not None and self.pert_model == "teacher":
+                target = t_logits.detach()
+            else:
+                with frozen_bn_stats(model), torch.no_grad():
+                    target = model(x)
             for _ in range(self.inner_rounds):
                 with frozen_bn_stats(model):
                     xd = self.perturb(x, delta)
@@ -203,13 +207,14 @@ class SelfRetrospection:
 
             return fixed_point_hypergrad(params, delta, inner_map, outer_loss, k=self.k)
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
         """One SR step on batch `x`: call after ``optimizer.zero_grad()``; returns a loss to add to the KD
-        loss (zero for the hypergradient mode, whose gradient is accumulated into ``.grad`` here)."""
+        loss (zero for the hypergradient mode, whose gradient is accumulated into ``.grad`` here).
+        ``t_logits``: the teacher's (eval-mode) logits on `x`, if the KD loop already computed them."""
         if self.reuse_delta and self.last_delta is not None and x is self._last_x:
             delta = self.last_delta
         else:
-            delta = self.synthesize(x)
+            delta = self.synthesize(x, t_logits)
         self._last_x = x
         if self.mode == "plain":
             delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
@@ -218,9 +223,10 @@ class SelfRetrospection:
         self.last_delta = delta
         if self.mode == "consistency":
             assert self.teacher is not None
-            with torch.no_grad():
-                target = self.teacher(x)
-            return self.divergence(target, self.student(self.perturb(x, delta))) * self.weight
+            if t_logits is None:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+            return self.divergence(t_logits.detach(), self.student(self.perturb(x, delta))) * self.weight
         grads = self.unlearning_grads(x, delta)
         params = [p for p in self.student.parameters() if p.requires_grad]
         for p, g in zip(params, grads):

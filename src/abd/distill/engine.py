@@ -175,7 +175,7 @@ class Distiller:
         logs: dict[str, float] = {"loss_s": float(loss.detach())}
         if sr_phase and self.sr is not None:
             t0 = time.perf_counter()
-            loss = loss + self.sr.step(x)
+            loss = loss + self.sr.step(x, t_logits)
             self.sr_seconds += time.perf_counter() - t0
         loss.backward()
         clip = self.method.opts.grad_clip

@@ -68,6 +68,11 @@ class SROptions(Config):
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
                                   "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
 
+    @property
+    def branches(self) -> bool:
+        """Whether SR starts after round 0, so an SR run can branch from the same run without SR."""
+        return self.fraction < 1
+
     def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
               generator: Any = None, mean: tuple[float, ...] | None = None,
               std: tuple[float, ...] | None = None) -> Any:
@@ -78,11 +83,12 @@ class SROptions(Config):
 
         from abd.defense import SelfRetrospection
         from abd.distill.losses import kl_mean
+        from abd.distill.synthesis import Normalize
 
         bounds = None
         if self.clip and mean is not None and std is not None:
-            m, sd = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
-            bounds = (-m / sd, (1 - m) / sd)
+            norm, black = Normalize(mean, std), torch.zeros(1, len(mean), 1, 1)
+            bounds = (norm(black), norm(black + 1))  # the valid normalized pixel range
 
         return SelfRetrospection(
             student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,

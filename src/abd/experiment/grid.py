@@ -67,7 +67,7 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
         teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
         for method in cfg.methods:
             opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
-            for defense in _order(cfg.defenses, cfg.sr.fraction < 1):
+            for defense in _order(cfg.defenses, cfg.sr.branches):
                 dcfg = cfg.distill_config(str(tdir), method, defense, seed, opts)
                 parent = out / f"seed{seed}" / f"{method}+{BRANCH_PARENT[defense]}" if defense in BRANCH_PARENT \
                     else None

@@ -124,10 +124,14 @@ class Job:
     parent: Path | None = None
     label: str = ""
 
+    @property
+    def branch_parent(self) -> Path | None:
+        """The parent this run really branches from: only an SR run whose SR starts late has one."""
+        return self.parent if self.cfg.use_sr and self.cfg.sr.branches else None
+
 
 def _run_job(job: Job, progress: bool = False) -> dict[str, Any]:
-    parent = job.parent if job.cfg.use_sr and job.cfg.sr.fraction < 1 else None
-    return run_or_reuse(job.cfg, job.run_dir, parent, progress)
+    return run_or_reuse(job.cfg, job.run_dir, job.branch_parent, progress)
 
 
 def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
@@ -136,8 +140,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True) -> list[d
     another job's directory waits for it (it branches from the parent's saved state)."""
     results: dict[int, dict[str, Any]] = {}
     dirs = {Path(j.run_dir) for j in jobs}
-    first = [i for i, j in enumerate(jobs) if j.parent is None or Path(j.parent) not in dirs
-             or j.cfg.sr.fraction >= 1]
+    first = [i for i, j in enumerate(jobs) if j.branch_parent is None or Path(j.branch_parent) not in dirs]
     waves = [first, [i for i in range(len(jobs)) if i not in first]]
 
     def report(i: int, m: dict[str, Any]) -> None:
