@@ -110,7 +110,7 @@ def test_reuse_delta_synthesizes_once_per_repeated_batch(backdoored_teacher_dir,
     for reuse, expected in ((True, 2), (False, 3)):
         sr = SelfRetrospection(student, teacher, inner_rounds=2, reuse_delta=reuse)
         real = sr.synthesize
-        monkeypatch.setattr(sr, "synthesize", lambda x, real=real: calls.append(1) or real(x))
+        monkeypatch.setattr(sr, "synthesize", lambda x, t=None, real=real: calls.append(1) or real(x, t))
         x, y = torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)
         calls.clear()
         for batch in (x, x, y):  # ZSKT: the same pseudo-batch for its kd_steps, then a new one
