@@ -124,3 +124,30 @@ def test_student_loss_repels_flagged_samples_only_up_to_the_cap(teacher_and_data
     torch.testing.assert_close(bounded, kept - 0.1 * torch.minimum(per, cap)[flagged].mean())
     bounded.backward()  # ...so it no longer pulls the flagged samples' logits further away
     assert wild.grad[flagged].abs().sum() == 0 and wild.grad[~flagged].abs().sum() > 0
+
+
+def test_log_penalty_pushes_triggered_inputs_harder_than_the_paper_term(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    grads = {}
+    for form in ("d", "log"):
+        sv = ShufflingVaccine(teacher, n_layers=1, mask="argmax", penalty=form, seed=0)
+        x = ev.x_poison[:16].clone().requires_grad_(True)
+        sv.penalty(x).backward()
+        grads[form] = x.grad.abs().sum().item()
+    assert grads["log"] > 100 * grads["d"] > 0  # d ~ 1e-6 on triggered digits: its gradient all but vanishes
+    with pytest.raises(ValueError, match="penalty"):
+        ShufflingVaccine(teacher, penalty="l2")
+
+
+
+def test_margin_flags_only_inputs_far_below_the_typical_divergence(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    x = torch.cat([ev.x_clean[:400], ev.x_poison[:40]])
+    plain, deep = (ShufflingVaccine(teacher, n_layers=1, seed=0, margin=m) for m in (0.0, 3.0))
+    plain.verify(x), deep.verify(x)
+    assert deep.threshold < plain.threshold  # the same verification, a deeper mask threshold
+    s = -deep.scores(x)
+    assert deep.threshold <= float(s.median()) - 3.0
+    flags_plain, flags_deep = plain.flag(x), deep.flag(x)
+    assert flags_deep[400:].float().mean() > 0.8  # triggered digits lie ~6 decades down: still flagged
+    assert flags_deep[:400].sum() <= flags_plain[:400].sum()

@@ -87,6 +87,12 @@ class ShufflingVaccine(nn.Module):
             predict the target class for everything, so "argmax" flags every clean target-class input and
             SV then suppresses the target class; "tail" flags only backdoor-like agreement.
         robust: tail statistics from median/MAD instead of the paper's mean/std (see ``tail_threshold``).
+        margin: the mask also requires log10 d to lie at least this many decades below the median of the
+            verification samples (or of the batch): only inputs the shuffled copies agree on far better than
+            on a typical synthetic sample are flagged (0: the tail threshold alone).
+        penalty: "d" repels flagged inputs by their divergence d (paper); "log" by log10 d. A flagged input
+            has a tiny d (a triggered digit: about 1e-6), so the gradient of d vanishes exactly where the
+            synthesizer should be pushed hardest; log10 d is scale-free.
 
     Usage in any KD loop (the synthesis loss is minimized by the generator):
 
@@ -107,10 +113,15 @@ class ShufflingVaccine(nn.Module):
         shuffle_grad: bool = True,
         mask: str = "tail",
         robust: bool = True,
+        penalty: str = "d",
+        margin: float = 0.0,
         seed: int = 0,
     ) -> None:
         if mask not in ("argmax", "tail"):
             raise ValueError(f"mask must be 'argmax' or 'tail', got {mask!r}")
+        if penalty not in ("d", "log"):
+            raise ValueError(f"penalty must be 'd' or 'log', got {penalty!r}")
+        self.penalty_form, self.margin = penalty, margin
         self.mask_mode, self.robust = mask, robust
         self.threshold: float | None = None  # log10-d tail threshold, set by verify()
         super().__init__()
@@ -177,19 +188,22 @@ class ShufflingVaccine(nn.Module):
             return self.threshold
         return self.tail_threshold(torch.log10(d.clamp_min(1e-12)))
 
-    def tail_threshold(self, s: torch.Tensor) -> float:
-        """Low-tail threshold of log10-divergences `s`: centre - tail_std * spread.
+    def tail_threshold(self, s: torch.Tensor, margin: bool = True) -> float:
+        """Low-tail threshold of log10-divergences `s`: centre - tail_std * spread (and, with ``margin``, at
+        least ``self.margin`` decades below the median).
 
         With ``robust`` the centre/spread are the median and 1.4826 * MAD, which the tail itself cannot
         inflate (a batch with 10 % triggered inputs still has them flagged); otherwise the paper's mean/std.
         """
         if len(s) < 2:
             return float("-inf")
+        med = s.median()
         if self.robust:
-            med = s.median()
             spread = 1.4826 * (s - med).abs().median()
-            return float(med - self.tail_std * spread)
-        return float(s.mean() - self.tail_std * s.std())
+            t = float(med - self.tail_std * spread)
+        else:
+            t = float(s.mean() - self.tail_std * s.std())
+        return min(t, float(med) - self.margin) if margin else t
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -206,10 +220,12 @@ class ShufflingVaccine(nn.Module):
         return self.divergence(x)[1].bool()
 
     def regularizer(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """R = sum_i m_i d_i / sum_i m_i (0 if nothing is flagged), and stats for logging."""
+        """R = sum_i m_i d_i / sum_i m_i (0 if nothing is flagged; log10 d_i with ``penalty="log"``), and
+        stats for logging."""
         d, m = self.divergence(x, t_logits)
         n = m.sum()
-        r = (m * d).sum() / n if n > 0 else d.sum() * 0.0
+        v = torch.log10(d.clamp_min(1e-12)) if self.penalty_form == "log" else d
+        r = (m * v).sum() / n if n > 0 else d.sum() * 0.0
         return r, {"sv_flagged": float(n) / len(m), "sv_r": float(r.detach())}
 
     def penalty(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,13 +259,12 @@ class ShufflingVaccine(nn.Module):
         report = VaccineReport(n_samples=len(samples))
         for trial in range(self.max_trials):
             s = -self.scores(samples)  # log10 d
-            thresh = self.tail_threshold(s)
-            ratio = float((s < thresh).float().mean())
+            ratio = float((s < self.tail_threshold(s, margin=False)).float().mean())
             report.trials.append(ratio)
             report.log10_d_p01, report.log10_d_median = float(s.quantile(0.01)), float(s.median())
             if ratio > self.tail_ratio:
                 report.active = True
-                self.threshold = thresh
+                self.threshold = self.tail_threshold(s)
                 break
             if trial + 1 < self.max_trials:
                 self.reshuffle()

@@ -25,6 +25,9 @@ class SVOptions(Config):
     shuffle_grad: bool = True
     robust: bool = Field(True, description="median/MAD tail statistics (paper: mean/std)")
     mask: Literal["argmax", "tail"] = Field("tail", description="suspicion mask (see ShufflingVaccine)")
+    margin: float = Field(0.0, ge=0, description="flag only inputs this many decades of divergence below the "
+                          "median synthetic sample (0: the tail threshold alone)")
+    penalty: Literal["d", "log"] = Field("d", description="repel flagged synthetic inputs by d (paper) or log10 d")
 
 
 class SROptions(Config):
