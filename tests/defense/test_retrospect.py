@@ -141,4 +141,3 @@ def test_sr_options_use_a_temperature_one_kl_unless_told_to_use_the_methods_dive
     zskt = ZSKT.__new__(ZSKT)
     zskt.opts = ZSKTOptions()
     assert torch.equal(zskt.divergence(a, b), kl_mean(a, b))
-

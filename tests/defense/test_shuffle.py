@@ -139,7 +139,6 @@ def test_log_penalty_pushes_triggered_inputs_harder_than_the_paper_term(teacher_
         ShufflingVaccine(teacher, penalty="l2")
 
 
-
 def test_margin_flags_only_inputs_far_below_the_typical_divergence(teacher_and_data) -> None:
     teacher, ev = teacher_and_data
     x = torch.cat([ev.x_clean[:400], ev.x_poison[:40]])

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from abd.defense.hypergrad import fixed_point_hypergrad
+from abd.defense.shuffle import log10_divergence
 from abd.distill.losses import kl_mean
 
 MODES = ("hypergrad", "plain", "consistency")
@@ -165,7 +166,7 @@ class SelfRetrospection:
                 if self.vaccine is not None and self.vaccine_weight > 0:
                     t_logits = out if self.pert_model == "teacher" else None
                     d, _ = self.vaccine.divergence(xd, t_logits)
-                    loss = loss + self.vaccine_weight * torch.log10(d.clamp_min(1e-12)).mean()
+                    loss = loss + self.vaccine_weight * log10_divergence(d).mean()
                 if self.mode != "plain":
                     loss = loss + self.l2 * delta.pow(2).sum()
                 if self.l1 > 0:

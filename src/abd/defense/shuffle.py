@@ -40,6 +40,11 @@ def select_layers(layers: list, n_layers: int) -> list:
     return layers[-n_layers:] if n_layers > 0 else layers[: -n_layers]
 
 
+def log10_divergence(d: torch.Tensor) -> torch.Tensor:
+    """log10 of shuffled-teacher divergences, floored at 1e-12 (exact agreement gives d = 0)."""
+    return torch.log10(d.clamp_min(1e-12))
+
+
 @torch.no_grad()
 def shuffle_input_channels(layer: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
     """Permute the input-channel axis of `layer`'s weight in place; return the permutation."""
@@ -181,16 +186,12 @@ class ShufflingVaccine(nn.Module):
         d = kl_elementwise(t, ts).mean(1)
         mask = ts.argmax(1) == t.argmax(1)
         if self.mask_mode == "tail":
-            mask = mask & (torch.log10(d.detach().clamp_min(1e-12)) < self._threshold(d.detach()))
+            s = log10_divergence(d.detach())
+            mask = mask & (s < (self.threshold if self.threshold is not None else self.tail_threshold(s)))
         return d, mask.float().detach()
 
-    def _threshold(self, d: torch.Tensor) -> float:
-        if self.threshold is not None:
-            return self.threshold
-        return self.tail_threshold(torch.log10(d.clamp_min(1e-12)))
-
-    def tail_threshold(self, s: torch.Tensor, margin: bool = True) -> float:
-        """Low-tail threshold of log10-divergences `s`: centre - tail_std * spread (and, with ``margin``, at
+    def tail_threshold(self, s: torch.Tensor, with_margin: bool = True) -> float:
+        """Low-tail threshold of log10-divergences `s`: centre - tail_std * spread (and, ``with_margin``, at
         least ``self.margin`` decades below the median).
 
         With ``robust`` the centre/spread are the median and 1.4826 * MAD, which the tail itself cannot
@@ -204,7 +205,7 @@ class ShufflingVaccine(nn.Module):
             t = float(med - self.tail_std * spread)
         else:
             t = float(s.mean() - self.tail_std * s.std())
-        return min(t, float(med) - self.margin) if margin else t
+        return min(t, float(med) - self.margin) if with_margin else t
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -212,7 +213,7 @@ class ShufflingVaccine(nn.Module):
         out = []
         for i in range(0, len(x), batch_size):
             d, _ = self.divergence(x[i : i + batch_size])
-            out.append(-torch.log10(d.clamp_min(1e-12)))
+            out.append(-log10_divergence(d))
         return torch.cat(out).cpu()
 
     @torch.no_grad()
@@ -225,7 +226,7 @@ class ShufflingVaccine(nn.Module):
         stats for logging."""
         d, m = self.divergence(x, t_logits)
         n = m.sum()
-        v = torch.log10(d.clamp_min(1e-12)) if self.penalty_form == "log" else d
+        v = log10_divergence(d) if self.penalty_form == "log" else d
         r = (m * v).sum() / n if n > 0 else d.sum() * 0.0
         return r, {"sv_flagged": float(n) / len(m), "sv_r": float(r.detach())}
 
@@ -260,7 +261,7 @@ class ShufflingVaccine(nn.Module):
         report = VaccineReport(n_samples=len(samples))
         for trial in range(self.max_trials):
             s = -self.scores(samples)  # log10 d
-            ratio = float((s < self.tail_threshold(s, margin=False)).float().mean())
+            ratio = float((s < self.tail_threshold(s, with_margin=False)).float().mean())
             report.trials.append(ratio)
             report.log10_d_p01, report.log10_d_median = float(s.quantile(0.01)), float(s.median())
             if ratio > self.tail_ratio:

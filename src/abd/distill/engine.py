@@ -108,15 +108,8 @@ class Distiller:
         self.sv_buffer: list[torch.Tensor] = []
         self.sv_report: dict[str, Any] = {}
         if cfg.use_sv:
-            s = cfg.sv
-            self.sv = ShufflingVaccine(
-                self.teacher, n_copies=s.n_copies, n_layers=s.n_layers, kinds=tuple(s.kinds), coef=s.coef,
-                tail_std=s.tail_std, tail_ratio=s.tail_ratio, max_trials=s.max_trials,
-                shuffle_grad=s.shuffle_grad, mask=s.mask, robust=s.robust, penalty=s.penalty,
-                margin=s.margin,
-                seed=cfg.seed + 17,
-            ).to(ctx.device)
-            self.sv_pending = s.verify_rounds > 0
+            self.sv = cfg.sv.build(self.teacher, seed=cfg.seed + 17).to(ctx.device)
+            self.sv_pending = cfg.sv.verify_rounds > 0
             self.sv.enabled = not self.sv_pending
 
         self.sr: SelfRetrospection | None = None

@@ -30,6 +30,18 @@ class SVOptions(Config):
                           "median synthetic sample (0: the tail threshold alone)")
     penalty: Literal["d", "log"] = Field("log", description="repel flagged synthetic inputs by d (paper) or log10 d")
 
+    def build(self, teacher: Any, seed: int = 0) -> Any:
+        """The :class:`~abd.defense.ShufflingVaccine` these options describe (on from the start; the engine
+        switches it off while verification is pending)."""
+        from abd.defense import ShufflingVaccine
+
+        return ShufflingVaccine(
+            teacher, n_copies=self.n_copies, n_layers=self.n_layers, kinds=tuple(self.kinds), coef=self.coef,
+            tail_std=self.tail_std, tail_ratio=self.tail_ratio, max_trials=self.max_trials,
+            shuffle_grad=self.shuffle_grad, mask=self.mask, robust=self.robust, penalty=self.penalty,
+            margin=self.margin, seed=seed,
+        )
+
 
 class SROptions(Config):
     """Self-Retrospection (SPEC 6) over the final ``fraction`` of the rounds of the same run.
