@@ -141,3 +141,77 @@ def test_sr_options_use_a_temperature_one_kl_unless_told_to_use_the_methods_dive
     zskt = ZSKT.__new__(ZSKT)
     zskt.opts = ZSKTOptions()
     assert torch.equal(zskt.divergence(a, b), kl_mean(a, b))
+
+
+def test_max_abs_bounds_every_pixel_of_the_perturbation(backdoored_teacher_dir) -> None:
+    teacher, _ = load_model(backdoored_teacher_dir)
+    teacher.eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 28, 28)
+    free = SelfRetrospection(student, teacher, inner_rounds=10, pert_lr=2.0).synthesize(x)
+    bound = torch.full((1, 1, 1, 1), 0.75)
+    capped = SelfRetrospection(student, teacher, inner_rounds=10, pert_lr=2.0, max_abs=bound).synthesize(x)
+    assert float(free.abs().max()) > 0.75  # unbounded, the synthesis moves pixels further
+    assert float(capped.abs().max()) <= 0.75 + 1e-6 and float(capped.abs().max()) > 0.5
+
+
+def test_flip_objective_is_bounded_and_still_flips_the_teacher(backdoored_teacher_dir) -> None:
+    teacher, _ = load_model(backdoored_teacher_dir)
+    teacher.eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 28, 28)
+    kw = dict(inner_rounds=30, pert_lr=0.5, l2=0.01)
+    div = SelfRetrospection(student, teacher, **kw).synthesize(x)
+    flip = SelfRetrospection(student, teacher, objective="flip", **kw).synthesize(x)
+    with torch.no_grad():
+        y = teacher(x).argmax(1)
+        flipped = (teacher(x + flip).argmax(1) != y).float().mean()
+    assert flipped >= 0.5  # most inputs leave their clean label
+    assert float(flip.norm()) < float(div.norm())  # the unbounded divergence keeps growing delta
+    with pytest.raises(ValueError, match="objective must be"):
+        SelfRetrospection(student, teacher, objective="maximize")
+
+
+def test_sr_unlearning_criterion_follows_the_method_unless_set() -> None:
+    from abd.distill.dfad import DFAD
+    from abd.distill.zskt import ZSKT
+    from abd.experiment.distill_config import SROptions
+
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
+
+    def l1(a, b):
+        return (a - b).abs().mean()
+
+    assert ZSKT.sr_unlearn == "kl" and DFAD.sr_unlearn == "method"
+    dfad_sr = SROptions().build(student, teacher, l1, method_unlearn=DFAD.sr_unlearn)
+    assert dfad_sr.divergence is kl_mean and dfad_sr.unlearn_divergence is l1  # synthesis keeps the KL
+    assert SROptions().build(student, teacher, l1).unlearn_divergence is kl_mean
+    assert SROptions(unlearn="kl").build(student, teacher, l1, method_unlearn="method").unlearn_divergence \
+        is kl_mean
+    x = torch.randn(8, 1, 28, 28)
+    loss = dfad_sr.step(x)
+    with torch.no_grad():
+        expected = dfad_sr.weight * l1(teacher(x), student(x + dfad_sr.last_delta))
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5)
+
+
+def test_mixed_consistency_perturbs_only_part_of_the_batch() -> None:
+    torch.manual_seed(0)
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
+    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28).eval()
+    x = torch.randn(16, 1, 28, 28)
+    gen = torch.Generator().manual_seed(3)
+    sr = SelfRetrospection(student, teacher, inner_rounds=3, mode="consistency", mix_portion=0.25, generator=gen)
+    state = gen.get_state()
+    delta = sr.synthesize(x)
+    sr.synthesize = lambda x, t=None: delta  # the same delta in step()
+    loss = sr.step(x)
+    idx = torch.randperm(16, generator=torch.Generator().set_state(state))[:4]
+    with torch.no_grad():
+        expected = sr.weight * kl_mean(teacher(x)[idx], student(x + delta)[idx])
+        whole = sr.weight * kl_mean(teacher(x), student(x + delta))
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5)
+    assert not torch.allclose(loss.detach(), whole, rtol=1e-3)

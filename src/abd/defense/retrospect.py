@@ -64,7 +64,10 @@ class SelfRetrospection:
         weight: scale of the unlearning gradient (paper: 1, simply summed with the KD gradient).
         mode: "hypergrad" (SPEC 6.2), "plain" (SPEC 6.3) or "consistency" (see the module docstring).
         radius: L2 radius of delta in the "plain" mode (paper: 10).
-        divergence: D(target_logits, logits), teacher-first KL in the KD method's reduction.
+        divergence: D(target_logits, logits) of the trigger synthesis, teacher-first KL in the KD method's
+            reduction.
+        unlearn_divergence: D of the unlearning term (None: ``divergence``), e.g. the KD method's own
+            criterion, so that the term is on the scale of the student loss it is added to.
         vaccine: a ShufflingVaccine to guide the trigger synthesis (ABD's two plug-ins combined, beyond
             the paper): delta also minimizes ``vaccine_weight`` * mean log10 d(x + delta), so it seeks a
             perturbation the channel-shuffled teachers still agree on (a backdoor-like shortcut) rather
@@ -78,6 +81,14 @@ class SelfRetrospection:
         bounds: (low, high) of valid normalized pixels, broadcastable to a batch: the perturbed images
             are clamped to them, so delta is a change a real image could carry (the paper does not clip;
             an unclipped delta grows to many times the pixel range).
+        max_abs: elementwise bound on |delta| (a tensor broadcastable to delta, or None: unbounded, the
+            paper), applied after every synthesis step: no pixel moves by more than this.
+        mix_portion: in the "consistency" mode, the fraction of the batch that carries delta; the rest
+            stays clean in the same forward pass (1: the whole batch perturbed).
+        objective: what delta maximizes: "divergence" (the paper: D between the outputs on x and x + delta,
+            unbounded, so delta keeps growing to flip even the inputs a trigger cannot flip) or "flip" (the
+            mean probability that x + delta leaves the clean label, at most 1: once the inputs flip, the
+            L1/L2 penalties shrink delta to the smallest perturbation that flips them).
 
     Usage in any KD loop (``"consistency"``: every step; ``"hypergrad"``: the final phase of training):
 
@@ -101,6 +112,7 @@ class SelfRetrospection:
         mode: str = "hypergrad",
         radius: float = 10.0,
         divergence: Divergence = kl_mean,
+        unlearn_divergence: Divergence | None = None,
         generator: torch.Generator | None = None,
         vaccine: nn.Module | None = None,
         vaccine_weight: float = 0.1,
@@ -108,9 +120,14 @@ class SelfRetrospection:
         warm_start: bool = False,
         reuse_delta: bool = False,
         bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        max_abs: torch.Tensor | None = None,
+        objective: str = "divergence",
+        mix_portion: float = 1.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if objective not in ("divergence", "flip"):
+            raise ValueError(f"objective must be 'divergence' or 'flip', got {objective!r}")
         if mode == "consistency" and teacher is None:
             raise ValueError("mode='consistency' needs the teacher")
         if pert_model not in ("teacher", "student"):
@@ -121,10 +138,12 @@ class SelfRetrospection:
         self.inner_rounds, self.pert_lr, self.l2, self.inner_step = inner_rounds, pert_lr, l2, inner_step
         self.k, self.out_portion, self.weight = k, out_portion, weight
         self.mode, self.radius, self.divergence = mode, radius, divergence
+        self.unlearn_divergence = unlearn_divergence or divergence
         self.generator = generator
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
         self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
-        self.bounds = bounds
+        self.bounds, self.max_abs, self.objective = bounds, max_abs, objective
+        self.mix_portion = mix_portion
         self.last_delta: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
 
@@ -162,7 +181,11 @@ class SelfRetrospection:
                 with frozen_bn_stats(model):
                     xd = self.perturb(x, delta)
                     out = model(xd)
-                loss = -self.divergence(target, out)
+                if self.objective == "flip":  # bounded: the mean probability of leaving the clean label
+                    p_stay = out.softmax(1).gather(1, target.argmax(1, keepdim=True))
+                    loss = p_stay.mean()
+                else:
+                    loss = -self.divergence(target, out)
                 if self.vaccine is not None and self.vaccine_weight > 0:
                     t_logits = out if self.pert_model == "teacher" else None
                     d, _ = self.vaccine.divergence(xd, t_logits)
@@ -174,6 +197,10 @@ class SelfRetrospection:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if self.max_abs is not None:
+                    with torch.no_grad():
+                        bound = self.max_abs.to(delta.device)
+                        delta.copy_(torch.maximum(torch.minimum(delta, bound), -bound))
         finally:
             for p, r in zip(params, req):
                 p.requires_grad_(r)
@@ -204,7 +231,7 @@ class SelfRetrospection:
                 return w - self.inner_step * g
 
             def outer_loss(w, theta):
-                return self.divergence(clean_ref, f(theta, self.perturb(x, patch * w)))
+                return self.unlearn_divergence(clean_ref, f(theta, self.perturb(x, patch * w)))
 
             return fixed_point_hypergrad(params, delta, inner_map, outer_loss, k=self.k)
 
@@ -220,14 +247,23 @@ class SelfRetrospection:
         if self.mode == "plain":
             delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
             self.last_delta = delta
-            return 0.5 * self.divergence(self.student(x), self.student(self.perturb(x, delta))) * self.weight
+            return 0.5 * self.unlearn_divergence(self.student(x), self.student(self.perturb(x, delta))) * self.weight
         self.last_delta = delta
         if self.mode == "consistency":
             assert self.teacher is not None
             if t_logits is None:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
-            return self.divergence(t_logits.detach(), self.student(self.perturb(x, delta))) * self.weight
+            if self.mix_portion >= 1:
+                return self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, delta))) * self.weight
+            # perturb a random part of the batch and forward it with the clean rest: the student's batch
+            # statistics (and BatchNorm running statistics) stay those of mostly clean inputs
+            n = max(1, int(round(len(x) * self.mix_portion)))
+            idx = torch.randperm(len(x), generator=self.generator)[:n].to(x.device)
+            patch = torch.zeros(len(x), 1, 1, 1, device=x.device)
+            patch[idx] = 1.0
+            out = self.student(self.perturb(x, patch * delta))
+            return self.unlearn_divergence(t_logits.detach()[idx], out[idx]) * self.weight
         grads = self.unlearning_grads(x, delta)
         params = [p for p in self.student.parameters() if p.requires_grad]
         for p, g in zip(params, grads):

@@ -70,12 +70,15 @@ class KDMethod:
     """Base class of KD methods: override ``synthesize``, ``sample`` and, if needed, ``student_loss``.
 
     ``sv_target`` says where the Shuffling Vaccine attaches: "synthesis" (a term on the synthesis loss)
-    or "student" (the OOD form on the student loss, for methods with fixed data).
+    or "student" (the OOD form on the student loss, for methods with fixed data). ``sr_unlearn`` is the
+    default criterion of Self-Retrospection's unlearning term: "kl", or "method" (this method's
+    ``divergence``) for a student loss on another scale than KL.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     sv_target: ClassVar[Literal["synthesis", "student"]] = "synthesis"
+    sr_unlearn: ClassVar[Literal["kl", "method"]] = "kl"  # SR's unlearning criterion unless the user sets one
     paper_preset: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, opts: MethodOptions, ctx: KDContext) -> None:

@@ -28,6 +28,9 @@ class DFAD(GeneratorMethod):
     """DFAD: an adversarial generator on the L1 logit discrepancy; L1 student (Fang et al. 2019)."""
 
     Options = DFADOptions
+    # An L1 student loss has a gradient of constant size; a KL unlearning term, vanishing near agreement,
+    # was outweighed (measured: ABD raised DFAD's ASR 93.0 -> 96.2 on seed 0).
+    sr_unlearn = "method"
     paper_preset = {
         "rounds": 200 * (400 // 5), "batch_size": 256, "kd_steps": 5, "gen_steps": 1, "optimizer": "sgd",
         "lr": 0.1, "weight_decay": 1e-4, "lr_g": 1e-3, "lr_g_cosine": False,

@@ -119,7 +119,8 @@ class Distiller:
         if cfg.use_sr:
             self.sr_start = self.branch_round
             self.sr = cfg.sr.build(self.student, self.teacher, self.method.divergence, self.sv,
-                                   torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std)
+                                   torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std,
+                                   method_unlearn=self.method.sr_unlearn)
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
         self.t_names, self.s_names = t_names, s_names

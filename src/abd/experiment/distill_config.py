@@ -78,8 +78,19 @@ class SROptions(Config):
         "elementwise mean, the scale the defaults were tuned on) for every method, or the KD method's own "
         "(paper: CMI's KL at T=20 times T^2, which let delta grow to norms of thousands; DFAD's L1, whose "
         "zero gradient at delta = 0 never moved delta)")
+    unlearn: Literal["kl", "method"] | None = Field(
+        None, description="D of the unlearning term alone (the synthesis keeps `divergence`): KL as above, or the "
+        "KD method's own criterion; None: the method's choice (DFAD: its L1, whose constant-size gradient "
+        "outweighs a KL term; every other method: as `divergence`)")
     clip: bool = Field(False, description="keep x + delta inside the valid pixel range (paper: no clipping; "
                        "measured with consistency: better on one seed, the backdoor kept on two)")
+    objective: Literal["divergence", "flip"] = Field(
+        "divergence", description="what the perturbation synthesis maximizes: the divergence between outputs on "
+        "x and x + delta (paper; unbounded) or the mean probability of leaving the clean label (bounded)")
+    mix_portion: float = Field(1.0, gt=0, le=1, description="consistency mode: the perturbed fraction of the "
+                               "batch, forwarded with the clean rest so that BatchNorm sees mostly clean inputs")
+    max_abs: float | None = Field(None, gt=0, description="bound on how far the perturbation moves one pixel, "
+                                  "in units of the full pixel range (1: black to white; None: unbounded, the paper)")
     vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
                                   "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
@@ -91,28 +102,37 @@ class SROptions(Config):
 
     def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
               generator: Any = None, mean: tuple[float, ...] | None = None,
-              std: tuple[float, ...] | None = None) -> Any:
+              std: tuple[float, ...] | None = None, method_unlearn: str = "kl") -> Any:
         """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``: the
         KD method's, used with ``divergence: method``; ``vaccine``: a ShufflingVaccine to guide the trigger
-        synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``)."""
+        synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``;
+        ``method_unlearn``: the KD method's default for ``unlearn``)."""
         import torch
 
         from abd.defense import SelfRetrospection
         from abd.distill.losses import kl_mean
         from abd.distill.synthesis import Normalize
 
-        bounds = None
-        if self.clip and mean is not None and std is not None:
+        bounds = max_abs = None
+        if mean is not None and std is not None:
             norm, black = Normalize(mean, std), torch.zeros(1, len(mean), 1, 1)
-            bounds = (norm(black), norm(black + 1))  # the valid normalized pixel range
+            low, high = norm(black), norm(black + 1)  # the valid normalized pixel range
+            bounds = (low, high) if self.clip else None
+            max_abs = (high - low) * self.max_abs if self.max_abs is not None else None
+        elif self.max_abs is not None:
+            raise ValueError("sr.max_abs needs the input normalization (mean and std)")
 
+        synth = divergence if (self.divergence == "method" and divergence is not None) else kl_mean
+        unlearn = self.unlearn or (self.divergence if method_unlearn == "kl" else "method")
         return SelfRetrospection(
             student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,
             l2=self.l2, inner_step=self.inner_step, k=self.k, out_portion=self.out_portion, weight=self.weight,
             mode=self.mode, radius=self.radius, generator=generator,
-            divergence=divergence if (self.divergence == "method" and divergence is not None) else kl_mean,
+            divergence=synth,
+            unlearn_divergence=divergence if (unlearn == "method" and divergence is not None) else kl_mean,
             vaccine=vaccine, vaccine_weight=self.vaccine_weight, l1=self.l1, warm_start=self.warm_start,
-            reuse_delta=self.reuse_delta, bounds=bounds,
+            reuse_delta=self.reuse_delta, bounds=bounds, max_abs=max_abs, objective=self.objective,
+            mix_portion=self.mix_portion,
         )
 
 
