@@ -215,3 +215,14 @@ def test_mixed_consistency_perturbs_only_part_of_the_batch() -> None:
         whole = sr.weight * kl_mean(teacher(x), student(x + delta))
     assert torch.allclose(loss.detach(), expected, rtol=1e-5)
     assert not torch.allclose(loss.detach(), whole, rtol=1e-3)
+
+
+def test_resolved_config_spells_out_the_methods_unlearning_criterion(tmp_path) -> None:
+    from abd.experiment.distill_config import DistillConfig, SROptions
+
+    assert DistillConfig(teacher=str(tmp_path), method="dfad").resolved().sr.unlearn == "method"
+    assert DistillConfig(teacher=str(tmp_path), method="zskt").resolved().sr.unlearn == "kl"
+    assert DistillConfig(teacher=str(tmp_path), method="zskt",
+                         sr=SROptions(divergence="method")).resolved().sr.unlearn == "method"
+    assert DistillConfig(teacher=str(tmp_path), method="dfad",
+                         sr=SROptions(unlearn="kl")).resolved().sr.unlearn == "kl"

@@ -95,6 +95,11 @@ class SROptions(Config):
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
                                   "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
 
+    def resolved_unlearn(self, method_unlearn: str = "kl") -> str:
+        """The unlearning criterion: ``unlearn``, else the method's choice (`method_unlearn`), where "kl"
+        means the same as the synthesis (``divergence``)."""
+        return self.unlearn or (self.divergence if method_unlearn == "kl" else "method")
+
     @property
     def branches(self) -> bool:
         """Whether SR starts after round 0, so an SR run can branch from the same run without SR."""
@@ -123,7 +128,7 @@ class SROptions(Config):
             raise ValueError("sr.max_abs needs the input normalization (mean and std)")
 
         synth = divergence if (self.divergence == "method" and divergence is not None) else kl_mean
-        unlearn = self.unlearn or (self.divergence if method_unlearn == "kl" else "method")
+        unlearn = self.resolved_unlearn(method_unlearn)
         return SelfRetrospection(
             student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,
             l2=self.l2, inner_step=self.inner_step, k=self.k, out_portion=self.out_portion, weight=self.weight,
@@ -171,10 +176,11 @@ class DistillConfig(Config):
     def resolved(self) -> DistillConfig:
         """This config with every method option spelled out (preset and defaults included), so that the
         ``config.yaml`` written next to a result repeats it exactly even after a default changes."""
-        from abd.distill.base import resolve_options
+        from abd.distill.base import METHODS, resolve_options
 
         opts = resolve_options(self.method, self.method_options, self.preset).model_dump(mode="json")
-        return self.model_copy(update={"method_options": dict(sorted(opts.items()))})
+        sr = self.sr.model_copy(update={"unlearn": self.sr.resolved_unlearn(METHODS.get(self.method).sr_unlearn)})
+        return self.model_copy(update={"method_options": dict(sorted(opts.items())), "sr": sr})
 
     @property
     def use_sv(self) -> bool:
