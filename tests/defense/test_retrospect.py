@@ -143,12 +143,17 @@ def test_sr_options_use_a_temperature_one_kl_unless_told_to_use_the_methods_dive
     assert torch.equal(zskt.divergence(a, b), kl_mean(a, b))
 
 
-def test_max_abs_bounds_every_pixel_of_the_perturbation(backdoored_teacher_dir) -> None:
-    teacher, _ = load_model(backdoored_teacher_dir)
+def _teacher_student_batch(teacher_dir):
+    """The backdoored teacher (eval), a fresh LeNet-5-half student and a seeded random batch of 32."""
+    teacher, _ = load_model(teacher_dir)
     teacher.eval()
     student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
     torch.manual_seed(0)
-    x = torch.randn(32, 1, 28, 28)
+    return teacher, student, torch.randn(32, 1, 28, 28)
+
+
+def test_max_abs_bounds_every_pixel_of_the_perturbation(backdoored_teacher_dir) -> None:
+    teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
     free = SelfRetrospection(student, teacher, inner_rounds=10, pert_lr=2.0).synthesize(x)
     bound = torch.full((1, 1, 1, 1), 0.75)
     capped = SelfRetrospection(student, teacher, inner_rounds=10, pert_lr=2.0, max_abs=bound).synthesize(x)
@@ -157,11 +162,7 @@ def test_max_abs_bounds_every_pixel_of_the_perturbation(backdoored_teacher_dir) 
 
 
 def test_flip_objective_is_bounded_and_still_flips_the_teacher(backdoored_teacher_dir) -> None:
-    teacher, _ = load_model(backdoored_teacher_dir)
-    teacher.eval()
-    student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
-    torch.manual_seed(0)
-    x = torch.randn(32, 1, 28, 28)
+    teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
     kw = dict(inner_rounds=30, pert_lr=0.5, l2=0.01)
     div = SelfRetrospection(student, teacher, **kw).synthesize(x)
     flip = SelfRetrospection(student, teacher, objective="flip", **kw).synthesize(x)

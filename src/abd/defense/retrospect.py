@@ -207,6 +207,13 @@ class SelfRetrospection:
             model.train(was)
         return delta.detach()
 
+    def _random_rows(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` random rows of batch `x` (from SR's generator): their indices and a (B,1,1,1) 0/1 mask."""
+        idx = torch.randperm(len(x), generator=self.generator)[:n].to(x.device)
+        patch = torch.zeros(len(x), 1, 1, 1, device=x.device)
+        patch[idx] = 1.0
+        return idx, patch
+
     def unlearning_grads(self, x: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]:
         """Hypergradient of the outer unlearning loss w.r.t. the student's trainable parameters."""
         x = x.detach()
@@ -217,10 +224,7 @@ class SelfRetrospection:
         def f(theta, inp):
             return functional_call(self.student, ({**dict(zip(names, theta)), **buffers}), (inp,))
 
-        n_out = max(1, int(len(x) * self.out_portion))
-        idx = torch.randperm(len(x), generator=self.generator)[:n_out].to(x.device)
-        patch = torch.zeros(len(x), 1, 1, 1, device=x.device)
-        patch[idx] = 1.0
+        _, patch = self._random_rows(x, max(1, int(len(x) * self.out_portion)))
 
         with frozen_bn_stats(self.student):
             clean_ref = f(params, x).detach()
@@ -258,10 +262,7 @@ class SelfRetrospection:
                 return self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, delta))) * self.weight
             # perturb a random part of the batch and forward it with the clean rest: the student's batch
             # statistics (and BatchNorm running statistics) stay those of mostly clean inputs
-            n = max(1, int(round(len(x) * self.mix_portion)))
-            idx = torch.randperm(len(x), generator=self.generator)[:n].to(x.device)
-            patch = torch.zeros(len(x), 1, 1, 1, device=x.device)
-            patch[idx] = 1.0
+            idx, patch = self._random_rows(x, max(1, int(round(len(x) * self.mix_portion))))
             out = self.student(self.perturb(x, patch * delta))
             return self.unlearn_divergence(t_logits.detach()[idx], out[idx]) * self.weight
         grads = self.unlearning_grads(x, delta)
