@@ -161,6 +161,26 @@ def test_max_abs_bounds_every_pixel_of_the_perturbation(backdoored_teacher_dir) 
     assert float(capped.abs().max()) <= 0.75 + 1e-6 and float(capped.abs().max()) > 0.5
 
 
+def test_support_bound_finds_the_trigger_corner(backdoored_teacher_dir) -> None:
+    teacher, student, _ = _teacher_student_batch(backdoored_teacher_dir)
+    kw = dict(inner_rounds=4, pert_lr=0.5, l1=0.01, l2=0.01, warm_start=True)
+
+    def corner_share(support):
+        torch.manual_seed(0)
+        sr = SelfRetrospection(student, teacher, support=support, **kw)
+        for _ in range(30):  # as over training: short syntheses on new batches, each from the last delta
+            sr.last_delta = sr.synthesize(torch.randn(64, 1, 28, 28))
+        mag = sr.last_delta.abs().sum(1)[0]
+        return int((mag > 0).sum()), float(mag[20:, 20:].sum() / mag.sum())  # the trigger: bottom right
+
+    n_free, share_free = corner_share(None)
+    n_sparse, share_sparse = corner_share(0.02)
+    assert n_free > 700 and n_sparse == round(0.02 * 28 * 28)
+    assert share_sparse >= 0.9 > share_free  # the dense delta spreads over clean-feature pixels too
+    with pytest.raises(ValueError, match="support must be"):
+        SelfRetrospection(student, teacher, support=1.5)
+
+
 def test_flip_objective_is_bounded_and_still_flips_the_teacher(backdoored_teacher_dir) -> None:
     teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
     kw = dict(inner_rounds=30, pert_lr=0.5, l2=0.01)

@@ -85,6 +85,9 @@ class SelfRetrospection:
             paper), applied after every synthesis step: no pixel moves by more than this.
         mix_portion: in the "consistency" mode, the fraction of the batch that carries delta; the rest
             stays clean in the same forward pass (1: the whole batch perturbed).
+        support: the fraction of pixel locations delta may change (None: all, the paper), applied after
+            every synthesis step by keeping the locations of largest |delta| (summed over channels): a
+            patch-like trigger fits, a dense adversarial pattern that also erases clean class features does not.
         objective: what delta maximizes: "divergence" (the paper: D between the outputs on x and x + delta,
             unbounded, so delta keeps growing to flip even the inputs a trigger cannot flip) or "flip" (the
             mean probability that x + delta leaves the clean label, at most 1: once the inputs flip, the
@@ -123,11 +126,14 @@ class SelfRetrospection:
         max_abs: torch.Tensor | None = None,
         objective: str = "divergence",
         mix_portion: float = 1.0,
+        support: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if objective not in ("divergence", "flip"):
             raise ValueError(f"objective must be 'divergence' or 'flip', got {objective!r}")
+        if support is not None and not 0 < support <= 1:
+            raise ValueError(f"support must be in (0, 1], got {support!r}")
         if mode == "consistency" and teacher is None:
             raise ValueError("mode='consistency' needs the teacher")
         if pert_model not in ("teacher", "student"):
@@ -143,7 +149,7 @@ class SelfRetrospection:
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
         self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
         self.bounds, self.max_abs, self.objective = bounds, max_abs, objective
-        self.mix_portion = mix_portion
+        self.mix_portion, self.support = mix_portion, support
         self.last_delta: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
 
@@ -201,11 +207,22 @@ class SelfRetrospection:
                     with torch.no_grad():
                         bound = self.max_abs.to(delta.device)
                         delta.copy_(torch.maximum(torch.minimum(delta, bound), -bound))
+            if self.support is not None:  # at the end: Adam's first steps move every pixel alike
+                with torch.no_grad():
+                    delta.mul_(self.support_mask(delta))
         finally:
             for p, r in zip(params, req):
                 p.requires_grad_(r)
             model.train(was)
         return delta.detach()
+
+    def support_mask(self, delta: torch.Tensor) -> torch.Tensor:
+        """0/1 mask (1x1xHxW) of the ``support`` fraction of pixel locations where |delta| is largest."""
+        mag = delta.detach().abs().sum(1).flatten()
+        n = max(1, round(self.support * mag.numel()))
+        mask = torch.zeros_like(mag)
+        mask[mag.topk(n).indices] = 1.0
+        return mask.view(1, 1, *delta.shape[2:])
 
     def _random_rows(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` random rows of batch `x` (from SR's generator): their indices and a (B,1,1,1) 0/1 mask."""
