@@ -91,8 +91,9 @@ class SROptions(Config):
                                "batch, forwarded with the clean rest so that BatchNorm sees mostly clean inputs")
     max_abs: float | None = Field(None, gt=0, description="bound on how far the perturbation moves one pixel, "
                                   "in units of the full pixel range (1: black to white; None: unbounded, the paper)")
-    support: float | None = Field(None, gt=0, le=1, description="the fraction of pixel locations the perturbation "
-                                  "may change, those where it is largest (None: all, the paper)")
+    support: float | None = Field(0.02, gt=0, le=1, description="the fraction of pixel locations the perturbation "
+                                  "may change, those where it is largest (None: all, the paper; 0.02: a patch "
+                                  "trigger's size, 16 pixels of MNIST's 784)")
     vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
                                   "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
