@@ -85,8 +85,8 @@ class SelfRetrospection:
             paper), applied after every synthesis step: no pixel moves by more than this.
         mix_portion: in the "consistency" mode, the fraction of the batch that carries delta; the rest
             stays clean in the same forward pass (1: the whole batch perturbed).
-        support: the fraction of pixel locations delta may change (None: all, the paper), applied after
-            every synthesis step by keeping the locations of largest |delta| (summed over channels): a
+        support: the fraction of pixel locations delta may change (None: all, the paper), applied once at
+            the end of each synthesis by keeping the locations of largest |delta| (summed over channels): a
             patch-like trigger fits, a dense adversarial pattern that also erases clean class features does not.
         objective: what delta maximizes: "divergence" (the paper: D between the outputs on x and x + delta,
             unbounded, so delta keeps growing to flip even the inputs a trigger cannot flip) or "flip" (the
@@ -218,7 +218,7 @@ class SelfRetrospection:
 
     def support_mask(self, delta: torch.Tensor) -> torch.Tensor:
         """0/1 mask (1x1xHxW) of the ``support`` fraction of pixel locations where |delta| is largest."""
-        mag = delta.detach().abs().sum(1).flatten()
+        mag = delta.abs().sum(1).flatten()
         n = max(1, round(self.support * mag.numel()))
         mask = torch.zeros_like(mag)
         mask[mag.topk(n).indices] = 1.0
