@@ -130,8 +130,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     opts = {**cfg.method_options, **_parse_options(args.opt), **extra}
     sv = cfg.sv.model_copy(update=_parse_options(args.sv))
     sr = cfg.sr.model_copy(update=_parse_options(args.sr))
-    cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts, "sv": sv.model_dump(),
-                           "sr": sr.model_dump()})
+    cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts,  # unset SV/SR fields: method defaults
+                           "sv": sv.model_dump(exclude_unset=True), "sr": sr.model_dump(exclude_unset=True)})
     m = run_distill(cfg, args.out, resume=args.resume, branch_from=args.branch_from)
     print(f"student -> {args.out}: {format_metrics(m)}, {m['seconds']:.1f} s "
           f"({1000 * m['seconds_per_step']:.1f} ms/round)")

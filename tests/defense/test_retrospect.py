@@ -196,9 +196,7 @@ def test_flip_objective_is_bounded_and_still_flips_the_teacher(backdoored_teache
 
 
 def test_sr_unlearning_criterion_follows_the_method_unless_set() -> None:
-    from abd.distill.dfad import DFAD
-    from abd.distill.zskt import ZSKT
-    from abd.experiment.distill_config import SROptions
+    from abd.experiment.distill_config import DistillConfig, SROptions
 
     teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
     student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
@@ -206,12 +204,13 @@ def test_sr_unlearning_criterion_follows_the_method_unless_set() -> None:
     def l1(a, b):
         return (a - b).abs().mean()
 
-    assert ZSKT.sr_unlearn == "kl" and DFAD.sr_unlearn == "method"
-    dfad_sr = SROptions().build(student, teacher, l1, method_unlearn=DFAD.sr_unlearn)
+    assert DistillConfig(teacher="t", method="zskt").resolved().sr.unlearn == "kl"
+    dfad = DistillConfig(teacher="t", method="dfad").resolved()
+    assert dfad.sr.unlearn == "method"  # DFAD's sr_defaults
+    assert DistillConfig(teacher="t", method="dfad", sr=SROptions(unlearn="kl")).resolved().sr.unlearn == "kl"
+    dfad_sr = dfad.sr.build(student, teacher, l1)
     assert dfad_sr.divergence is kl_mean and dfad_sr.unlearn_divergence is l1  # synthesis keeps the KL
     assert SROptions().build(student, teacher, l1).unlearn_divergence is kl_mean
-    assert SROptions(unlearn="kl").build(student, teacher, l1, method_unlearn="method").unlearn_divergence \
-        is kl_mean
     x = torch.randn(8, 1, 28, 28)
     loss = dfad_sr.step(x)
     with torch.no_grad():

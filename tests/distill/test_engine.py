@@ -103,3 +103,28 @@ def test_every_demo_arm_runs_and_writes_results(backdoored_teacher_dir, tmp_path
     # rerunning reuses finished work instead of recomputing it
     again = run_demo(cfg, tmp_path, progress=False)
     assert again["arms"]["zskt"]["acc"] == res["arms"]["zskt"]["acc"]
+
+
+def test_method_sv_sr_defaults_apply_unless_the_run_sets_them(backdoored_teacher_dir, tmp_path) -> None:
+    import yaml
+
+    from abd.cli import main
+    from abd.distill.dfad import DFAD
+
+    assert DFAD.sr_defaults  # DFAD overrides some SR options
+    base = ["distill", "--teacher", str(backdoored_teacher_dir), "--method", "dfad", "--defense", "abd",
+            "--device", "cpu", "--rounds", "2", "--opt", "batch_size=8", "--opt", "kd_steps=1",
+            "--sr", "inner_rounds=1", "--eval-every", "2"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    written = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    for k, v in DFAD.sv_defaults.items():
+        assert written["sv"][k] == v, k
+    for k, v in DFAD.sr_defaults.items():
+        assert written["sr"][k] == v, k
+    assert written["sr"]["inner_rounds"] == 1  # the run's own option is kept beside them
+    # a value the run sets wins over the method's, and the written config repeats it
+    key, val = "clip", DFAD.sr_defaults["clip"]
+    other = not val
+    assert main([*base, "--sr", f"{key}={str(other).lower()}", "--out", str(tmp_path / "b")]) == 0
+    again = DistillConfig.load(tmp_path / "b" / "config.yaml")
+    assert getattr(again.sr, key) == other and again.resolved() == again

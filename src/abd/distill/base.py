@@ -70,15 +70,16 @@ class KDMethod:
     """Base class of KD methods: override ``synthesize``, ``sample`` and, if needed, ``student_loss``.
 
     ``sv_target`` says where the Shuffling Vaccine attaches: "synthesis" (a term on the synthesis loss)
-    or "student" (the OOD form on the student loss, for methods with fixed data). ``sr_unlearn`` is the
-    default criterion of Self-Retrospection's unlearning term: "kl", or "method" (this method's
-    ``divergence``) for a student loss on another scale than KL.
+    or "student" (the OOD form on the student loss, for methods with fixed data). ``sv_defaults`` and
+    ``sr_defaults`` are the Shuffling-Vaccine and Self-Retrospection options this method uses unless the
+    run sets them (e.g. DFAD's L1 unlearning criterion, ``{"unlearn": "method"}``).
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     sv_target: ClassVar[Literal["synthesis", "student"]] = "synthesis"
-    sr_unlearn: ClassVar[Literal["kl", "method"]] = "kl"  # SR's unlearning criterion unless the user sets one
+    sv_defaults: ClassVar[dict[str, Any]] = {}  # SVOptions fields, unless the run sets them
+    sr_defaults: ClassVar[dict[str, Any]] = {}  # SROptions fields, unless the run sets them
     paper_preset: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, opts: MethodOptions, ctx: KDContext) -> None:

@@ -90,6 +90,7 @@ class Distiller:
         out_dir: str | Path,
         progress: bool = True,
     ) -> None:
+        cfg = cfg.resolved()  # the method's SV/SR defaults applied, as in the written config.yaml
         self.cfg, self.ctx, self.eval_data = cfg, ctx, eval_data
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -119,8 +120,7 @@ class Distiller:
         if cfg.use_sr:
             self.sr_start = self.branch_round
             self.sr = cfg.sr.build(self.student, self.teacher, self.method.divergence, self.sv,
-                                   torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std,
-                                   method_unlearn=self.method.sr_unlearn)
+                                   torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std)
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
         self.t_names, self.s_names = t_names, s_names

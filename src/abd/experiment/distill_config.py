@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
 from abd.experiment.config import Config, TeacherConfig, _check_registered
+
+C = TypeVar("C", bound=Config)
 
 
 class SVOptions(Config):
@@ -80,8 +82,8 @@ class SROptions(Config):
         "zero gradient at delta = 0 never moved delta)")
     unlearn: Literal["kl", "method"] | None = Field(
         None, description="D of the unlearning term alone (the synthesis keeps `divergence`): KL as above, or the "
-        "KD method's own criterion; None: the method's choice (DFAD: its L1, whose constant-size gradient "
-        "outweighs a KL term; every other method: as `divergence`)")
+        "KD method's own criterion; None: as `divergence` (DFAD's default: its L1, whose constant-size gradient "
+        "outweighs a KL term)")
     clip: bool = Field(False, description="keep x + delta inside the valid pixel range (paper: no clipping; "
                        "measured with consistency: better on one seed, the backdoor kept on two)")
     objective: Literal["divergence", "flip"] = Field(
@@ -98,10 +100,9 @@ class SROptions(Config):
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
                                   "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
 
-    def resolved_unlearn(self, method_unlearn: str = "kl") -> str:
-        """The unlearning criterion: ``unlearn``, else the method's choice (`method_unlearn`), where "kl"
-        means the same as the synthesis (``divergence``)."""
-        return self.unlearn or (self.divergence if method_unlearn == "kl" else "method")
+    def resolved_unlearn(self) -> str:
+        """The unlearning criterion: ``unlearn``, else the synthesis's (``divergence``)."""
+        return self.unlearn or self.divergence
 
     @property
     def branches(self) -> bool:
@@ -110,11 +111,10 @@ class SROptions(Config):
 
     def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
               generator: Any = None, mean: tuple[float, ...] | None = None,
-              std: tuple[float, ...] | None = None, method_unlearn: str = "kl") -> Any:
+              std: tuple[float, ...] | None = None) -> Any:
         """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``: the
         KD method's, used with ``divergence: method``; ``vaccine``: a ShufflingVaccine to guide the trigger
-        synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``;
-        ``method_unlearn``: the KD method's default for ``unlearn``)."""
+        synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``)."""
         import torch
 
         from abd.defense import SelfRetrospection
@@ -131,7 +131,7 @@ class SROptions(Config):
             raise ValueError("sr.max_abs needs the input normalization (mean and std)")
 
         synth = divergence if (self.divergence == "method" and divergence is not None) else kl_mean
-        unlearn = self.resolved_unlearn(method_unlearn)
+        unlearn = self.resolved_unlearn()
         return SelfRetrospection(
             student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,
             l2=self.l2, inner_step=self.inner_step, k=self.k, out_portion=self.out_portion, weight=self.weight,
@@ -142,6 +142,14 @@ class SROptions(Config):
             reuse_delta=self.reuse_delta, bounds=bounds, max_abs=max_abs, objective=self.objective,
             mix_portion=self.mix_portion, support=self.support,
         )
+
+
+def with_defaults(options: C, defaults: dict[str, Any]) -> C:
+    """`options` with `defaults` (validated) for the fields it was not given explicitly."""
+    update = {k: v for k, v in defaults.items() if k not in options.model_fields_set}
+    if not update:
+        return options
+    return type(options).model_validate({**options.model_dump(exclude_unset=True), **update})
 
 
 class DistillConfig(Config):
@@ -177,13 +185,17 @@ class DistillConfig(Config):
         return _check_registered("model", v)
 
     def resolved(self) -> DistillConfig:
-        """This config with every method option spelled out (preset and defaults included), so that the
-        ``config.yaml`` written next to a result repeats it exactly even after a default changes."""
+        """This config with every method option spelled out (preset and defaults included) and the method's
+        SV/SR defaults (``KDMethod.sv_defaults``/``sr_defaults``) applied to the fields the run did not set,
+        so that the ``config.yaml`` written next to a result repeats it exactly even after a default changes."""
         from abd.distill.base import METHODS, resolve_options
 
+        cls = METHODS.get(self.method)
         opts = resolve_options(self.method, self.method_options, self.preset).model_dump(mode="json")
-        sr = self.sr.model_copy(update={"unlearn": self.sr.resolved_unlearn(METHODS.get(self.method).sr_unlearn)})
-        return self.model_copy(update={"method_options": dict(sorted(opts.items())), "sr": sr})
+        sv = with_defaults(self.sv, cls.sv_defaults)
+        sr = with_defaults(self.sr, cls.sr_defaults)
+        sr = sr.model_copy(update={"unlearn": sr.resolved_unlearn()})
+        return self.model_copy(update={"method_options": dict(sorted(opts.items())), "sv": sv, "sr": sr})
 
     @property
     def use_sv(self) -> bool:
