@@ -79,3 +79,18 @@ def test_parallel_runs_give_the_numbers_of_sequential_runs(backdoored_teacher_di
     for d in ("none", "sr"):
         assert (tmp_path / "par" / d / "student.safetensors").read_bytes() == \
             (tmp_path / "seq" / d / "student.safetensors").read_bytes()
+
+
+def test_a_study_reuses_its_trained_teacher(tmp_path, monkeypatch) -> None:
+    from abd.experiment import runs
+    from abd.experiment.grid import GridConfig
+
+    tcfg = GridConfig(device="cpu").teacher_config(0).model_copy(update={"epochs": 1})
+    assert tcfg.poison_rate is None  # unresolved, as a study builds it
+    first = runs.ensure_teacher(tcfg, tmp_path / "teacher")
+
+    def no_training(*a, **k):
+        raise AssertionError("the finished teacher was trained again")
+
+    monkeypatch.setattr("abd.attacks.teacher.train_teacher", no_training)
+    assert runs.ensure_teacher(tcfg, tmp_path / "teacher") == first

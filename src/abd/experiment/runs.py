@@ -88,7 +88,7 @@ def ensure_teacher(cfg: TeacherConfig, teacher_dir: str | Path) -> dict[str, Any
     """Train the teacher `cfg` describes into `teacher_dir`, or reuse it when it is already there."""
     from abd.attacks.teacher import train_teacher
 
-    m = finished(teacher_dir, cfg.to_yaml())
+    m = finished(teacher_dir, cfg.resolved().to_yaml())  # the teacher writes its resolved config
     return m if m is not None else train_teacher(cfg, teacher_dir, progress=False)
 
 
