@@ -60,7 +60,8 @@ class SelfRetrospection:
         l2: weight of ||delta||^2 in the inner objective (paper: 0.001).
         inner_step: step size of the fixed-point map Phi(delta) = delta - inner_step * grad L_in (paper: 0.1).
         k: Neumann / fixed-point iterations of the hypergradient (paper: 5).
-        out_portion: fraction of the batch patched with delta in the outer loss (paper: 0.02; at least 1).
+        out_portion: "hypergrad" mode: fraction of the batch patched with delta in the outer loss (paper: 0.02;
+            at least 1).
         weight: scale of the unlearning gradient (paper: 1, simply summed with the KD gradient).
         mode: "hypergrad" (SPEC 6.2), "plain" (SPEC 6.3) or "consistency" (see the module docstring).
         radius: L2 radius of delta in the "plain" mode (paper: 10).

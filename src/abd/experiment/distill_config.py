@@ -67,7 +67,8 @@ class SROptions(Config):
     l2: float = Field(1e-2, ge=0, description="L2 weight on the perturbation (paper: 0.001)")
     inner_step: float = Field(0.1, gt=0)
     k: int = Field(5, ge=1)
-    out_portion: float = Field(0.1, gt=0, le=1, description="patched fraction of the outer batch (paper: 0.02)")
+    out_portion: float = Field(0.1, gt=0, le=1, description="hypergrad mode: patched fraction of the outer batch "
+                               "(paper: 0.02; the consistency mode uses mix_portion)")
     weight: float = Field(0.5, ge=0, description="weight of the unlearning term (paper: 1, hypergrad)")
     pert_model: Literal["teacher", "student"] = "teacher"
     radius: float = Field(10.0, gt=0)
