@@ -159,3 +159,29 @@ def test_bn_methods_need_a_bn_teacher(name: str) -> None:
         create_method(name, ctx, tiny_options(name))
     for other in ("dafl", "dfad"):  # no BN-statistics loss: any teacher works
         create_method(other, ctx, tiny_options(other)).synthesize()
+
+
+def _teacher_class_entropy(method) -> float:
+    labels = method._teacher_labels(method.patches)[0]
+    p = torch.bincount(labels, minlength=method.ctx.num_classes).float()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_ood_balances_the_teachers_classes(weights: bool, teacher_dir: Path, tmp_path: Path) -> None:
+    """The balanced transfer set spreads the teacher's predicted classes wider than the plain one."""
+    def method(pool: int):
+        opts = {**tiny_options("ood"), "n_patches": 300, "balance_pool": pool, "balance_weights": weights}
+        cfg = DistillConfig(teacher=str(teacher_dir), method="ood", method_options=opts, device="cpu")
+        return build_distiller(cfg, tmp_path / str(pool), progress=False).method
+
+    plain, balanced = method(1), method(10)
+    assert torch.equal(plain.labels, plain._teacher_labels(plain.patches)[0])
+    assert _teacher_class_entropy(balanced) > _teacher_class_entropy(plain) + 0.1
+    if weights:  # batches drawn with 1 / class-count weights: every predicted class about equally often
+        drawn = torch.cat([balanced.labels[torch.multinomial(balanced.weights, 64, replacement=True)]
+                           for _ in range(50)])
+        counts = torch.bincount(drawn, minlength=10)
+        present = torch.bincount(balanced.labels, minlength=10) > 0
+        assert counts[present].min() > 0.5 * counts[present].float().mean()

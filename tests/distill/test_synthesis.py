@@ -25,7 +25,7 @@ from abd.distill.losses import (
     l1_per_sample,
     total_variation_l1,
 )
-from abd.distill.ood import OODOptions, _load_sources, single_image_patches
+from abd.distill.ood import OODOptions, _load_sources, balanced_subset, single_image_patches
 from abd.distill.synthesis import SamplePool, frozen, jitter_flip, normalized_generator
 from abd.models import create_model
 
@@ -116,6 +116,20 @@ def test_single_image_patches(channels: int) -> None:
     assert a.shape == (40, channels, 16, 16) and a.dtype == torch.uint8
     assert torch.equal(a, b)  # seeded: the same transfer set on resume
     assert a.float().std() > 10  # not blank
+
+
+def test_balanced_subset() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)  # class 3 never predicted
+    keep = balanced_subset(labels, 40, 4, seed=1)
+    assert len(keep) == 40 and len(keep.unique()) == 40  # no index twice
+    counts = torch.bincount(labels[keep], minlength=4).tolist()
+    assert counts[2] == 5 and counts[3] == 0  # a rare class is kept whole
+    assert counts[0] >= 10 and counts[1] >= 10 and counts[0] + counts[1] == 35  # the rest filled from the others
+    assert torch.equal(keep, balanced_subset(labels, 40, 4, seed=1))
+    assert torch.equal(balanced_subset(labels, 85, 4), torch.arange(85))  # pool == n: everything, in order
+    score = torch.arange(85.0)  # within a class, the highest scores first
+    top = balanced_subset(labels, 30, 3, score=score)
+    assert set(range(40, 50)) <= set(top.tolist()) and set(range(70, 80)) <= set(top.tolist())
 
 
 def test_image_folder_source(tmp_path) -> None:

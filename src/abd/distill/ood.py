@@ -3,9 +3,12 @@ single image to a thousand classes"; the ABD reference's ``vanilla_kd_ood.py``),
 
 The transfer set is made once, in memory: random crops of one image (or of every image in a folder) are
 resized, rotated, sheared and colour-jittered into ``n_patches`` patches of the teacher's size and
-channel count. The student matches the teacher at temperature 8 (elementwise-mean KL, no tau^2) on
-augmented patches mixed with CutMix (inputs only). There is no synthesis, so the Shuffling Vaccine acts
-on the student loss (SPEC 5.4).
+channel count. By default they are chosen from ``balance_pool`` times as many candidates: per class the
+teacher predicts, up to ``n_patches / classes`` of the patches it is most confident on (DFND's
+class-balanced confident selection, Chen et al., "Learning student networks in the wild", CVPR 2021); on
+one image a digit teacher otherwise labels most patches as one or two classes. The student matches the
+teacher at temperature 8 (elementwise-mean KL, no tau^2) on augmented patches mixed with CutMix (inputs
+only). There is no synthesis, so the Shuffling Vaccine acts on the student loss (SPEC 5.4).
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ class OODOptions(MethodOptions):
                                               "flower's dark background suits digit teachers)")
     image_folder: str | None = Field(None, description="use every image in this folder instead")
     n_patches: int = Field(10000, ge=1, description="size of the transfer set (paper: 50,000)")
+    balance_pool: int = Field(10, ge=1, description="draw the transfer set from this many times n_patches "
+                              "candidates so the teacher's predicted classes are as balanced as the pool allows "
+                              "(each class up to n_patches / classes, by `balance_select`; 1: off, the paper)")
+    balance_select: Literal["random", "confident"] = Field(
+        "confident", description="which patches of a class the balanced set keeps: random ones, or those the "
+        "teacher is most confident on (DFND's selection, Chen et al. 2021)")
+    balance_weights: bool = Field(False, description="also sample batches with weights 1 / (patches of the "
+                                  "teacher's class), so every predicted class is drawn equally often")
     patch_seed: int = Field(0, description="seed of the transfer set (independent of the run's seed)")
     initial_crop: float = Field(0.5, gt=0, le=1, description="first crop: this fraction of the shorter side")
     crop_scale: tuple[float, float] = Field((1 / 500, 1.0), description="area range of the resized crop")
@@ -140,6 +151,28 @@ def single_image_patches(
     return out
 
 
+def balanced_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int = 0,
+                    score: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of `n` of `labels`, each class up to ``n // num_classes`` (random within a class, or the
+    highest `score` first), the rest filled at random from what is left; the whole range when
+    ``n == len(labels)``."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    quota = n // num_classes
+    chosen, rest = [], []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        if score is not None:
+            idx = idx[score[idx].argsort(descending=True, stable=True)]
+        chosen.append(idx[:quota])
+        rest.append(idx[quota:])
+    chosen_t, rest_t = torch.cat(chosen), torch.cat(rest)
+    fill = rest_t[torch.randperm(len(rest_t), generator=g)[: n - len(chosen_t)]]
+    return torch.cat([chosen_t, fill]).sort().values
+
+
 @register_method("ood")
 class OODKD(KDMethod):
     """OOD-KD: KD on augmented patches of one natural image, with CutMix; SV on the student loss."""
@@ -148,7 +181,7 @@ class OODKD(KDMethod):
     sv_target = "student"
     paper_preset = {
         "rounds": 300 * (50000 // 512), "batch_size": 512, "lr": 1e-3, "temperature": 8.0, "n_patches": 50000,
-        "flip": True, "crop_padding": 4, "cutmix_beta": 0.25, "cutmix_p": 1.0,
+        "flip": True, "crop_padding": 4, "cutmix_beta": 0.25, "cutmix_p": 1.0, "balance_pool": 1,
     }
 
     def __init__(self, opts: OODOptions, ctx) -> None:
@@ -156,14 +189,35 @@ class OODKD(KDMethod):
         self.opts: OODOptions = opts
         if opts.n_patches < opts.batch_size:
             raise ValueError(f"ood: n_patches ({opts.n_patches}) must be >= batch_size ({opts.batch_size})")
-        self.patches = single_image_patches(_load_sources(opts), opts.n_patches, ctx.image_size, ctx.channels,
-                                            opts, seed=opts.patch_seed)
         self.norm = Normalizer(ctx.mean, ctx.std)
+        pool = single_image_patches(_load_sources(opts), opts.n_patches * opts.balance_pool, ctx.image_size,
+                                    ctx.channels, opts, seed=opts.patch_seed)
+        labels, conf = self._teacher_labels(pool)
+        keep = balanced_subset(labels, opts.n_patches, ctx.num_classes, seed=opts.patch_seed,
+                               score=conf if opts.balance_select == "confident" else None)
+        self.patches, self.labels = pool[keep], labels[keep]
+        counts = torch.bincount(self.labels, minlength=ctx.num_classes).float()
+        self.weights = (1 / counts)[self.labels] if opts.balance_weights else None
         self.order = torch.empty(0, dtype=torch.long)
         self.pos = 0
 
+    @torch.no_grad()
+    def _teacher_labels(self, patches: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's predicted class of every patch and its probability."""
+        was = self.ctx.teacher.training
+        self.ctx.teacher.eval()
+        probs = torch.cat([self.ctx.teacher(self.norm(patches[i : i + chunk].float() / 255).to(self.ctx.device))
+                           .softmax(1).cpu() for i in range(0, len(patches), chunk)])
+        self.ctx.teacher.train(was)
+        conf, labels = probs.max(1)
+        return labels, conf
+
     def sample(self) -> torch.Tensor:
         o = self.opts
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, o.batch_size, replacement=True)
+            x = augment_batch(self.patches[idx].float() / 255, o.crop_padding, o.flip)
+            return self.norm(cutmix(x, o.cutmix_beta, o.cutmix_p)).to(self.ctx.device)
         if self.pos + o.batch_size > len(self.order):  # drop_last, reshuffle each epoch
             self.order, self.pos = torch.randperm(len(self.patches)), 0
         idx = self.order[self.pos : self.pos + o.batch_size]
