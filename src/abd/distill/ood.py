@@ -175,7 +175,7 @@ def balanced_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int = 
 
 @register_method("ood")
 class OODKD(KDMethod):
-    """OOD-KD: KD on augmented patches of one natural image, with CutMix; SV on the student loss."""
+    """OOD-KD: KD on class-balanced augmented patches of one natural image, with CutMix; SV on the student loss."""
 
     Options = OODOptions
     sv_target = "student"
