@@ -35,6 +35,7 @@ from abd.data.transforms import (
 )
 from abd.distill.base import KDMethod, MethodOptions, register_method
 from abd.distill.losses import kl_elementwise, kl_mean
+from abd.distill.synthesis import frozen
 
 
 class OODOptions(MethodOptions):
@@ -201,14 +202,11 @@ class OODKD(KDMethod):
         self.order = torch.empty(0, dtype=torch.long)
         self.pos = 0
 
-    @torch.no_grad()
     def _teacher_labels(self, patches: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's predicted class of every patch and its probability."""
-        was = self.ctx.teacher.training
-        self.ctx.teacher.eval()
-        probs = torch.cat([self.ctx.teacher(self.norm(patches[i : i + chunk].float() / 255).to(self.ctx.device))
-                           .softmax(1).cpu() for i in range(0, len(patches), chunk)])
-        self.ctx.teacher.train(was)
+        with frozen(self.ctx.teacher) as t, torch.no_grad():
+            probs = torch.cat([t(self.norm(patches[i : i + chunk].float() / 255).to(self.ctx.device)).softmax(1).cpu()
+                               for i in range(0, len(patches), chunk)])
         conf, labels = probs.max(1)
         return labels, conf
 
@@ -216,12 +214,11 @@ class OODKD(KDMethod):
         o = self.opts
         if self.weights is not None:
             idx = torch.multinomial(self.weights, o.batch_size, replacement=True)
-            x = augment_batch(self.patches[idx].float() / 255, o.crop_padding, o.flip)
-            return self.norm(cutmix(x, o.cutmix_beta, o.cutmix_p)).to(self.ctx.device)
-        if self.pos + o.batch_size > len(self.order):  # drop_last, reshuffle each epoch
-            self.order, self.pos = torch.randperm(len(self.patches)), 0
-        idx = self.order[self.pos : self.pos + o.batch_size]
-        self.pos += len(idx)
+        else:
+            if self.pos + o.batch_size > len(self.order):  # drop_last, reshuffle each epoch
+                self.order, self.pos = torch.randperm(len(self.patches)), 0
+            idx = self.order[self.pos : self.pos + o.batch_size]
+            self.pos += len(idx)
         x = augment_batch(self.patches[idx].float() / 255, o.crop_padding, o.flip)
         x = cutmix(x, o.cutmix_beta, o.cutmix_p)
         return self.norm(x).to(self.ctx.device)
