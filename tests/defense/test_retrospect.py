@@ -246,3 +246,40 @@ def test_resolved_config_spells_out_the_methods_unlearning_criterion(tmp_path) -
                          sr=SROptions(divergence="method")).resolved().sr.unlearn == "method"
     assert DistillConfig(teacher=str(tmp_path), method="dfad",
                          sr=SROptions(unlearn="kl")).resolved().sr.unlearn == "kl"
+
+
+def test_clean_targets_occlude_the_found_trigger(backdoored_teacher_dir) -> None:
+    from abd.attacks import create_trigger
+    from abd.attacks.poison import make_eval_data
+    from abd.data import load_dataset
+
+    teacher, student, _ = _teacher_student_batch(backdoored_teacher_dir)
+    ds = load_dataset("mnist5k")
+    ev = make_eval_data(ds, create_trigger("badnet_grid", ds.image_size, ds.channels), 0)
+    sr = SelfRetrospection(student, teacher, inner_rounds=4, pert_lr=0.5, l1=0.01, l2=0.01, warm_start=True,
+                           support=0.02, clean_target=True)
+    assert sr.clean_dilate == 2
+    xp, yp, xc, yc = ev.x_poison[:500], ev.y_poison[:500], ev.x_clean[:500], ev.y_clean[:500]
+    with torch.no_grad():
+        tp, tc = teacher(xp), teacher(xc)
+        assert torch.equal(sr.clean_targets(xp, tp), tp)  # nothing found yet: the teacher's answer as it is
+        for _ in range(30):  # SR over training: short syntheses on random batches, each from the last delta
+            with torch.enable_grad():
+                sr.last_delta = sr.synthesize(torch.randn(64, 1, 28, 28))
+        cleaned = sr.clean_targets(xp, tp).argmax(1)
+        clean_kept = sr.clean_targets(xc, tc).argmax(1)
+        sr.clean_dilate = 0
+        support_only = sr.clean_targets(xp, tp).argmax(1)
+
+    def rate(pred, y):
+        return float((pred == y).float().mean())
+
+    assert rate(tp.argmax(1), ev.target) > 0.9 and rate(cleaned, ev.target) < 0.2  # the trigger is occluded
+    assert rate(cleaned, yp) > 0.8  # ... and the true class answers
+    # delta's largest pixels lie around the trigger, not on all of its pixels: the support alone leaves it
+    assert rate(support_only, ev.target) > rate(cleaned, ev.target) + 0.3
+    assert rate(clean_kept, yc) > rate(tc.argmax(1), yc) - 0.02  # on clean digits the corner hardly matters
+    with pytest.raises(ValueError, match="clean_target needs"):
+        SelfRetrospection(student, teacher, clean_target=True)
+    with pytest.raises(ValueError, match="clean_dilate"):
+        SelfRetrospection(student, teacher, support=0.02, clean_target=True, clean_dilate=-1)

@@ -112,15 +112,18 @@ def test_method_runs_through_engine(name: str, defense: str, teacher_dir: Path, 
         assert last["sr"] is True and "sr_start_round" in saved
 
 
+@pytest.mark.parametrize("defense", ["none", "abd"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_resume_is_exact(name: str, teacher_dir: Path, tmp_path: Path) -> None:
+def test_resume_is_exact(name: str, defense: str, teacher_dir: Path, tmp_path: Path) -> None:
     """Stopping after round 2 and resuming gives the uninterrupted run's student (the method's modules,
-    optimizers and extra state round-trip through the checkpoint)."""
+    optimizers and extra state round-trip through the checkpoint; with ABD also SV's copies and SR's
+    warm-started perturbation)."""
     opts = {**tiny_options(name), "rounds": 4}
+    defended = {"sv": {"verify_rounds": 0}, "sr": {"inner_rounds": 2, "clean_target": True}} if defense == "abd" else {}
 
     def cfg() -> DistillConfig:
         return DistillConfig(teacher=str(teacher_dir), method=name, method_options=opts, eval_every=100,
-                             checkpoint_every=2, device="cpu")
+                             checkpoint_every=2, device="cpu", defense=defense, **defended)
 
     full = build_distiller(cfg(), tmp_path / "full", progress=False)
     full.run()
@@ -184,3 +187,34 @@ def test_ood_balances_the_teachers_classes(weights: bool, teacher_dir: Path, tmp
         counts = torch.bincount(drawn, minlength=10)
         present = torch.bincount(balanced.labels, minlength=10) > 0
         assert counts[present].min() > 0.5 * counts[present].float().mean()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_sr_clean_target_reaches_the_student_and_adversarial_terms(name: str, teacher_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """With ``sr.clean_target`` the SR phase replaces the teacher's logits by SR's occluded-trigger target in
+    the student loss and in every adversarial synthesis term (the generator then seeks disagreement with
+    what the student is taught: against the raw logits DFAD's generator collapsed the student to one class)."""
+    cfg = DistillConfig(teacher=str(teacher_dir), method=name, defense="sr", method_options=tiny_options(name),
+                        eval_every=100, checkpoint_every=100, device="cpu",
+                        sr={"inner_rounds": 2, "clean_target": True})
+    dist = build_distiller(cfg, tmp_path, progress=False)
+    assert dist.ctx.kd_target is None  # nothing replaced before the SR phase
+    dist._start_sr_phase()
+    assert dist.ctx.kd_target == dist.sr.clean_targets
+    seen: list[tuple[bool, bool]] = []  # (inside a synthesis, gradient enabled)
+    phase = {"synthesis": True}
+
+    def spy(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((phase["synthesis"], torch.is_grad_enabled()))
+        return dist.sr.clean_targets(x, t)
+
+    dist.ctx.kd_target = spy
+    dist.method.synthesize(None)
+    adversarial = name in ("zskt", "dfad") or getattr(dist.method.opts, "adv", 0) > 0
+    assert any(s for s, _ in seen) == adversarial
+    assert all(g for s, g in seen if s)  # the synthesizer's gradient flows through the target
+    phase["synthesis"] = False
+    dist.sr.last_delta = torch.zeros(1, dist.ctx.channels, dist.ctx.image_size, dist.ctx.image_size)
+    logs = dist._student_step(dist.method.sample(), sr_phase=True)
+    assert (False, False) in seen and math.isfinite(logs["loss_s"])

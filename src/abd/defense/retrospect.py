@@ -89,6 +89,14 @@ class SelfRetrospection:
         support: the fraction of pixel locations delta may change (None: all, the paper), applied once at
             the end of each synthesis by keeping the locations of largest |delta| (summed over channels): a
             patch-like trigger fits, a dense adversarial pattern that also erases clean class features does not.
+        clean_target: where the teacher's answer is the class delta drives inputs to and occluding delta's
+            support (setting it to the input mean, 0 in normalized units) changes that answer, the KD target
+            becomes the occluded answer, also in the unlearning term (see ``clean_targets``): a sample that
+            carries the trigger is taught the answer the teacher gives without it.
+        clean_dilate: the occluded region is the support grown by this many pixels on every side: delta's
+            largest pixels lie on and around the trigger, not exactly on its pixels (measured: the 16 support
+            pixels covered 1 of the BadNets grid's 4 white pixels, and the teacher kept its target on 100 %
+            of the occluded triggered digits; grown by 1, on none).
         objective: what delta maximizes: "divergence" (the paper: D between the outputs on x and x + delta,
             unbounded, so delta keeps growing to flip even the inputs a trigger cannot flip) or "flip" (the
             mean probability that x + delta leaves the clean label, at most 1: once the inputs flip, the
@@ -128,6 +136,8 @@ class SelfRetrospection:
         objective: str = "divergence",
         mix_portion: float = 1.0,
         support: float | None = None,
+        clean_target: bool = False,
+        clean_dilate: int = 2,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -135,6 +145,10 @@ class SelfRetrospection:
             raise ValueError(f"objective must be 'divergence' or 'flip', got {objective!r}")
         if support is not None and not 0 < support <= 1:
             raise ValueError(f"support must be in (0, 1], got {support!r}")
+        if clean_dilate < 0:
+            raise ValueError(f"clean_dilate must be >= 0, got {clean_dilate!r}")
+        if clean_target and (support is None or teacher is None):
+            raise ValueError("clean_target needs the teacher and a support (the pixels it occludes)")
         if mode == "consistency" and teacher is None:
             raise ValueError("mode='consistency' needs the teacher")
         if pert_model not in ("teacher", "student"):
@@ -150,7 +164,8 @@ class SelfRetrospection:
         self.vaccine, self.vaccine_weight = vaccine, vaccine_weight
         self.l1, self.warm_start, self.reuse_delta = l1, warm_start, reuse_delta
         self.bounds, self.max_abs, self.objective = bounds, max_abs, objective
-        self.mix_portion, self.support = mix_portion, support
+        self.mix_portion, self.support, self.clean_target = mix_portion, support, clean_target
+        self.clean_dilate = clean_dilate
         self.last_delta: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
 
@@ -225,6 +240,37 @@ class SelfRetrospection:
         mask[mag.topk(n).indices] = 1.0
         return mask.view(1, 1, *delta.shape[2:])
 
+    def clean_targets(self, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        """`t_logits` with the suspected target class taken away where it hangs on delta's region.
+
+        The suspected class is the teacher's most frequent answer on ``x + delta``. A sample whose teacher
+        answer is that class gets, instead, the teacher's logits on `x` with delta's support (grown by
+        ``clean_dilate``) set to the input mean, when that answer is another class; every other sample keeps
+        its logits. SR's delta sits on the trigger it found, and a synthesizer that keeps producing the
+        trigger (DFAD's generator seeks exactly the inputs where a trigger-blind student disagrees with the
+        teacher) would otherwise teach the student the target class on it at every step, faster than the
+        unlearning term removes it. The replacement can only take the suspected class away, never give it:
+        an early delta is scattered, its grown region covers much of the image, and a backdoored teacher
+        answers its target class on such occluded inputs (measured: replacing every target by the occluded
+        answer collapsed a DFAD student onto the target class by round 50). `t_logits` is returned
+        unchanged before the first synthesis. Gradients flow to `x` (adversarial synthesis terms use it).
+        """
+        if self.last_delta is None or self.support is None or self.teacher is None:
+            return t_logits
+        delta = self.last_delta.to(x.device)
+        region = self.support_mask(delta)
+        if self.clean_dilate > 0:
+            r = self.clean_dilate
+            region = torch.nn.functional.max_pool2d(region, 2 * r + 1, stride=1, padding=r)
+        was = self.teacher.training
+        self.teacher.eval()
+        with torch.no_grad():
+            suspect = self.teacher(self.perturb(x, delta)).argmax(1).mode().values
+        occluded = self.teacher(x * (1.0 - region))
+        self.teacher.train(was)
+        use = (t_logits.argmax(1) == suspect) & (occluded.argmax(1) != suspect)
+        return torch.where(use[:, None], occluded, t_logits)
+
     def _random_rows(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` random rows of batch `x` (from SR's generator): their indices and a (B,1,1,1) 0/1 mask."""
         idx = torch.randperm(len(x), generator=self.generator)[:n].to(x.device)
@@ -257,10 +303,12 @@ class SelfRetrospection:
 
             return fixed_point_hypergrad(params, delta, inner_map, outer_loss, k=self.k)
 
-    def step(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, t_logits: torch.Tensor | None = None,
+             target: torch.Tensor | None = None) -> torch.Tensor:
         """One SR step on batch `x`: call after ``optimizer.zero_grad()``; returns a loss to add to the KD
         loss (zero for the hypergradient mode, whose gradient is accumulated into ``.grad`` here).
-        ``t_logits``: the teacher's (eval-mode) logits on `x`, if the KD loop already computed them."""
+        ``t_logits``: the teacher's (eval-mode) logits on `x`, if the KD loop already computed them;
+        ``target``: the consistency mode's target instead of them (e.g. ``clean_targets``)."""
         if self.reuse_delta and self.last_delta is not None and x is self._last_x:
             delta = self.last_delta
         else:
@@ -273,7 +321,9 @@ class SelfRetrospection:
         self.last_delta = delta
         if self.mode == "consistency":
             assert self.teacher is not None
-            if t_logits is None:
+            if target is not None:
+                t_logits = target
+            elif t_logits is None:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
             if self.mix_portion >= 1:

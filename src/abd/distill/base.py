@@ -61,6 +61,8 @@ class KDContext:
     device: torch.device
     dataset: ImageDataset | None = None  # the training set, for the clean-data reference only
     total_rounds: int = 1
+    # (x, teacher logits on x) -> the KD target for x; set by a defense (SR's clean_targets), None: the logits
+    kd_target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 SynthesisHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -101,6 +103,12 @@ class KDMethod:
         from abd.distill.losses import kl_elementwise
 
         return kl_elementwise(t_logits, s_logits, self.opts.temperature).mean(1)
+
+    def kd_target(self, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        """What the student should answer on `x`: the teacher's logits, or the defense's replacement for
+        them (``KDContext.kd_target``). Adversarial synthesis terms use it, so that the synthesizer seeks
+        disagreement with the target the student is actually taught."""
+        return t_logits if self.ctx.kd_target is None else self.ctx.kd_target(x, t_logits)
 
     def divergence(self, target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """D(target, logits) in this method's reduction (used by Self-Retrospection)."""

@@ -149,7 +149,7 @@ class CMI(PoolSampler, TemperedKL, KDMethod):
         loss_bn = sum(h.r_feature for h in hooks)
         global_feat = torch.cat([h.instance_mean for h in hooks], dim=1)
         loss_oh = F.cross_entropy(t, self.targets)
-        loss_adv = -agreement_kl(ctx.student(x_global), t) if o.adv > 0 else t.new_zeros(())
+        loss_adv = -agreement_kl(ctx.student(x_global), self.kd_target(x_global, t)) if o.adv > 0 else t.new_zeros(())
         ctx.teacher(x_local)
         local_feat = torch.cat([h.instance_mean for h in hooks], dim=1)
         loss_cr = self._contrastive(local_feat, global_feat) if o.cr > 0 else t.new_zeros(())

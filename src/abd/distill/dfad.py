@@ -49,7 +49,7 @@ class DFAD(GeneratorMethod):
                 x = self.generate()
                 t = ctx.teacher(x)
                 s = ctx.student(x)
-                loss = -o.adv * l1_mean(t, s)
+                loss = -o.adv * l1_mean(self.kd_target(x, t), s)
                 logs["loss_g"] = float(loss.detach())
                 generator_step(loss, x, t, hook, self.opt_g, self.generator, o.grad_clip, logs)
         return logs

@@ -142,6 +142,8 @@ class Distiller:
         at that rate, cosine over the rest, and SV is switched off."""
         assert self.sr is not None
         self.sr_started = True
+        if self.sr.clean_target:  # the KD target, also of the synthesizers' adversarial terms
+            self.ctx.kd_target = self.sr.clean_targets
         if self.cfg.sr.lr is None:
             return
         self.opt = torch.optim.Adam(self.student.parameters(), lr=self.cfg.sr.lr)
@@ -152,8 +154,11 @@ class Distiller:
     def _student_step(self, x: torch.Tensor, sr_phase: bool) -> dict[str, float]:
         with ExitStack() as stack, torch.no_grad():
             t_feats = stack.enter_context(capture_features(self.teacher, self.t_names)) if self.use_features else []
-            t_logits = self.teacher(x)
+            t_logits = t_raw = self.teacher(x)
             t_feats = list(t_feats)
+        if sr_phase and self.ctx.kd_target is not None:
+            with torch.no_grad():
+                t_logits = self.ctx.kd_target(x, t_raw)
         with ExitStack() as stack:
             s_feats = stack.enter_context(capture_features(self.student, self.s_names)) if self.use_features else []
             s_logits = self.student(x)
@@ -170,7 +175,7 @@ class Distiller:
         logs: dict[str, float] = {"loss_s": float(loss.detach())}
         if sr_phase and self.sr is not None:
             t0 = time.perf_counter()
-            loss = loss + self.sr.step(x, t_logits)
+            loss = loss + self.sr.step(x, t_raw, target=t_logits if self.sr.clean_target else None)
             self.sr_seconds += time.perf_counter() - t0
         loss.backward()
         clip = self.method.opts.grad_clip
@@ -347,6 +352,8 @@ class Distiller:
                         "threshold": self.sv.threshold if self.sv.threshold is not None else float("nan")}
         if self.sr is not None and self.sr.generator is not None:
             st["sr_rng"] = self.sr.generator.get_state()
+        if self.sr is not None and self.sr.last_delta is not None:  # warm_start continues from it
+            st["sr_delta"] = self.sr.last_delta.detach()
         return st
 
     def _save_checkpoint(self, path: Path) -> None:
@@ -380,4 +387,6 @@ class Distiller:
             self.sv.threshold = None if sv["threshold"] != sv["threshold"] else sv["threshold"]
         if self.sr is not None and "sr_rng" in st:
             self.sr.generator.set_state(st["sr_rng"])
+        if self.sr is not None and "sr_delta" in st:
+            self.sr.last_delta = st["sr_delta"]
         _set_rng_state(st["rng"])

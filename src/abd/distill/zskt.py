@@ -63,7 +63,7 @@ class ZSKT(KDMethod):
             x = self.generator(self.z)
             t = ctx.teacher(x)
             s = ctx.student(x)
-            loss = -kl_mean(t, s, o.temperature)
+            loss = -kl_mean(self.kd_target(x, t), s, o.temperature)
             logs["loss_g"] = float(loss.detach())
             generator_step(loss, x, t, hook, self.opt_g, self.generator, o.grad_clip, logs)
         return logs

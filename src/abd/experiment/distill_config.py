@@ -97,6 +97,12 @@ class SROptions(Config):
     support: float | None = Field(0.02, gt=0, le=1, description="the fraction of pixel locations the perturbation "
                                   "may change, those where it is largest (None: all, the paper; 0.02: a patch "
                                   "trigger's size, 16 pixels of MNIST's 784)")
+    clean_target: bool = Field(False, description="the KD target is the teacher's output with the last "
+                               "perturbation's support occluded (set to the input mean): a synthesized sample "
+                               "that carries the trigger is taught the teacher's answer without it (needs "
+                               "`support`; DFAD's default, whose adversarial generator keeps producing it)")
+    clean_dilate: int = Field(2, ge=0, description="clean_target occludes the support grown by this many pixels "
+                              "on every side (the perturbation lies on and around the trigger's pixels)")
     vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
                                   "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
                                   "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
@@ -141,7 +147,8 @@ class SROptions(Config):
             unlearn_divergence=divergence if (unlearn == "method" and divergence is not None) else kl_mean,
             vaccine=vaccine, vaccine_weight=self.vaccine_weight, l1=self.l1, warm_start=self.warm_start,
             reuse_delta=self.reuse_delta, bounds=bounds, max_abs=max_abs, objective=self.objective,
-            mix_portion=self.mix_portion, support=self.support,
+            mix_portion=self.mix_portion, support=self.support, clean_target=self.clean_target,
+            clean_dilate=self.clean_dilate,
         )
 
 
