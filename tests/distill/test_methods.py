@@ -218,3 +218,21 @@ def test_sr_clean_target_reaches_the_student_and_adversarial_terms(name: str, te
     dist.sr.last_delta = torch.zeros(1, dist.ctx.channels, dist.ctx.image_size, dist.ctx.image_size)
     logs = dist._student_step(dist.method.sample(), sr_phase=True)
     assert (False, False) in seen and math.isfinite(logs["loss_s"])
+
+
+def test_dfad_balance_spreads_the_generators_classes(teacher_dir: Path, tmp_path: Path) -> None:
+    """DFAD's optional class-balance term: the generator's batches cover the teacher's classes more evenly."""
+    def entropy_after(balance: float) -> float:
+        torch.manual_seed(0)
+        opts = {**tiny_options("dfad"), "batch_size": 32, "balance": balance}
+        cfg = DistillConfig(teacher=str(teacher_dir), method="dfad", method_options=opts, device="cpu")
+        method = build_distiller(cfg, tmp_path / str(balance), progress=False).method
+        for _ in range(30):
+            logs = method.synthesize(None)
+        assert ("loss_balance" in logs) == (balance > 0) and all(math.isfinite(v) for v in logs.values())
+        with torch.no_grad():
+            p = torch.bincount(method.ctx.teacher(method.generate()).argmax(1), minlength=10).float() / 32
+        return float(-(p[p > 0] * p[p > 0].log()).sum())
+
+    balanced, free = entropy_after(5.0), entropy_after(0.0)
+    assert balanced > free + 0.3

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from abd.distill.base import SynthesisHook, register_method
-from abd.distill.losses import l1_mean, l1_per_sample
+from abd.distill.losses import class_balance, l1_mean, l1_per_sample
 from abd.distill.synthesis import GeneratorMethod, GeneratorOptions, frozen, generator_step
 
 
@@ -21,6 +21,9 @@ class DFADOptions(GeneratorOptions):
 
     gen_width: int = Field(8, ge=4, description="generator width (ngf; paper: 64)")
     adv: float = Field(1.0, gt=0, description="weight of the adversarial L1 term in the generator loss")
+    balance: float = Field(0.0, ge=0, description="weight of DAFL's class-balance loss sum pbar log pbar on "
+                           "the KD targets of the generator's batch (0: the paper's DFAD); keeps the generator "
+                           "from collapsing onto one class")
 
 
 @register_method("dfad")
@@ -49,7 +52,12 @@ class DFAD(GeneratorMethod):
                 x = self.generate()
                 t = ctx.teacher(x)
                 s = ctx.student(x)
-                loss = -o.adv * l1_mean(self.kd_target(x, t), s)
+                target = self.kd_target(x, t)
+                loss = -o.adv * l1_mean(target, s)
+                if o.balance > 0:
+                    loss_bal = class_balance(target)
+                    loss = loss + o.balance * loss_bal
+                    logs["loss_balance"] = float(loss_bal.detach())
                 logs["loss_g"] = float(loss.detach())
                 generator_step(loss, x, t, hook, self.opt_g, self.generator, o.grad_clip, logs)
         return logs
