@@ -94,3 +94,21 @@ def test_a_study_reuses_its_trained_teacher(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr("abd.attacks.teacher.train_teacher", no_training)
     assert runs.ensure_teacher(tcfg, tmp_path / "teacher") == first
+
+
+def test_a_config_written_before_an_option_existed_matches_its_field_default(tmp_path) -> None:
+    """An SR option added later (absent from an old config.yaml) reads as its field default: the old run is
+    reused unless the new config sets the option to something else (e.g. a method's new sr_defaults)."""
+    import yaml
+
+    from abd.experiment import runs
+    from abd.experiment.distill_config import DistillConfig
+
+    cfg = DistillConfig(teacher=str(tmp_path / "t"), method="zskt", defense="abd", device="cpu")
+    old = yaml.safe_load(cfg.resolved().to_yaml())
+    del old["sr"]["clean_target"], old["sr"]["clean_dilate"]  # as written before these options existed
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
+    changed = cfg.model_copy(update={"sr": cfg.sr.model_copy(update={"clean_target": True})})
+    assert not runs.same_config(tmp_path / "run", changed.resolved().to_yaml())

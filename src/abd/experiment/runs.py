@@ -63,9 +63,15 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, p
 
 def _effective(cfg: Any) -> Any:
     """A config as data, without the options of defenses the run does not use (a vanilla run is the same
-    run whatever the SR options say)."""
+    run whatever the SR options say), and with the SV/SR options a config written before they existed
+    lacks filled in with their field defaults (a new option's field default keeps the old behaviour; a
+    method that changes it does so through its ``sr_defaults``, written out by ``resolved()``)."""
     if not isinstance(cfg, dict) or "defense" not in cfg:
         return cfg
+    try:
+        cfg = {**cfg, **DistillConfig.model_validate(cfg).model_dump(mode="json", include={"sv", "sr"})}
+    except ValueError:  # not readable by this version: compared as written
+        pass
     unused = {"sv"} if cfg["defense"] not in ("sv", "abd") else set()
     unused |= {"sr"} if cfg["defense"] not in ("sr", "abd") else set()
     return {k: v for k, v in cfg.items() if k not in unused}
