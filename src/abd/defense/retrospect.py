@@ -26,6 +26,7 @@ from torch.func import functional_call
 from abd.defense.hypergrad import fixed_point_hypergrad
 from abd.defense.shuffle import log10_divergence
 from abd.distill.losses import kl_mean
+from abd.distill.synthesis import frozen
 
 MODES = ("hypergrad", "plain", "consistency")
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (target logits, logits) -> scalar
@@ -96,7 +97,7 @@ class SelfRetrospection:
         clean_dilate: the occluded region is the support grown by this many pixels on every side: delta's
             largest pixels lie on and around the trigger, not exactly on its pixels (measured: the 16 support
             pixels covered 1 of the BadNets grid's 4 white pixels, and the teacher kept its target on 100 %
-            of the occluded triggered digits; grown by 1, on none).
+            of the occluded triggered digits; grown by 1 or 2, on none).
         objective: what delta maximizes: "divergence" (the paper: D between the outputs on x and x + delta,
             unbounded, so delta keeps growing to flip even the inputs a trigger cannot flip) or "flip" (the
             mean probability that x + delta leaves the clean label, at most 1: once the inputs flip, the
@@ -262,12 +263,10 @@ class SelfRetrospection:
         if self.clean_dilate > 0:
             r = self.clean_dilate
             region = torch.nn.functional.max_pool2d(region, 2 * r + 1, stride=1, padding=r)
-        was = self.teacher.training
-        self.teacher.eval()
-        with torch.no_grad():
-            suspect = self.teacher(self.perturb(x, delta)).argmax(1).mode().values
-        occluded = self.teacher(x * (1.0 - region))
-        self.teacher.train(was)
+        with frozen(self.teacher) as teacher:
+            with torch.no_grad():
+                suspect = teacher(self.perturb(x, delta)).argmax(1).mode().values
+            occluded = teacher(x * (1.0 - region))
         use = (t_logits.argmax(1) == suspect) & (occluded.argmax(1) != suspect)
         return torch.where(use[:, None], occluded, t_logits)
 

@@ -91,8 +91,8 @@ class DeepInversion(PoolSampler, TemperedKL, KDMethod):
         t = ctx.teacher(x)
         loss_bn = sum(h.r_feature for h in hooks)
         loss_oh = F.cross_entropy(t, self.targets)
-        adv_target = self.kd_target(x, t) if o.adv > 0 else t
-        loss_adv = -js_divergence(ctx.student(x), adv_target, o.adv_temperature) if o.adv > 0 else t.new_zeros(())
+        loss_adv = (-js_divergence(ctx.student(x), self.kd_target(x, t), o.adv_temperature) if o.adv > 0
+                    else t.new_zeros(()))
         loss_tv = total_variation_l1(self.inputs)
         loss = o.bn * loss_bn + o.oh * loss_oh + o.adv * loss_adv + o.tv * loss_tv
         if o.l2 > 0:

@@ -156,7 +156,7 @@ class Distiller:
             t_feats = stack.enter_context(capture_features(self.teacher, self.t_names)) if self.use_features else []
             t_logits = t_raw = self.teacher(x)
             t_feats = list(t_feats)
-        if sr_phase and self.ctx.kd_target is not None:
+        if self.ctx.kd_target is not None:  # set when the SR phase starts
             with torch.no_grad():
                 t_logits = self.ctx.kd_target(x, t_raw)
         with ExitStack() as stack:
@@ -175,7 +175,7 @@ class Distiller:
         logs: dict[str, float] = {"loss_s": float(loss.detach())}
         if sr_phase and self.sr is not None:
             t0 = time.perf_counter()
-            loss = loss + self.sr.step(x, t_raw, target=t_logits if self.sr.clean_target else None)
+            loss = loss + self.sr.step(x, t_raw, target=t_logits)
             self.sr_seconds += time.perf_counter() - t0
         loss.backward()
         clip = self.method.opts.grad_clip

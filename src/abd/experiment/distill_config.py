@@ -97,10 +97,11 @@ class SROptions(Config):
     support: float | None = Field(0.02, gt=0, le=1, description="the fraction of pixel locations the perturbation "
                                   "may change, those where it is largest (None: all, the paper; 0.02: a patch "
                                   "trigger's size, 16 pixels of MNIST's 784)")
-    clean_target: bool = Field(False, description="the KD target is the teacher's output with the last "
-                               "perturbation's support occluded (set to the input mean): a synthesized sample "
+    clean_target: bool = Field(False, description="where the teacher answers the class the perturbation drives "
+                               "inputs to, and another class once the perturbation's support is occluded (set "
+                               "to the input mean), the KD target is that other answer: a synthesized sample "
                                "that carries the trigger is taught the teacher's answer without it (needs "
-                               "`support`; DFAD's default, whose adversarial generator keeps producing it)")
+                               "`support`; DFAD's and DeepInversion's default)")
     clean_dilate: int = Field(2, ge=0, description="clean_target occludes the support grown by this many pixels "
                               "on every side (the perturbation lies on and around the trigger's pixels)")
     vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
