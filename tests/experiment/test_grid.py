@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from abd.experiment.grid import GridConfig, run_grid
 
@@ -101,14 +102,23 @@ def test_a_config_written_before_an_option_existed_matches_its_field_default(tmp
     reused unless the new config sets the option to something else (e.g. a method's new sr_defaults)."""
     import yaml
 
+    from abd.distill import METHODS
     from abd.experiment import runs
     from abd.experiment.distill_config import DistillConfig
 
-    cfg = DistillConfig(teacher=str(tmp_path / "t"), method="zskt", defense="abd", device="cpu")
-    old = yaml.safe_load(cfg.resolved().to_yaml())
-    del old["sr"]["clean_target"], old["sr"]["clean_dilate"]  # as written before these options existed
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
-    assert runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
+    def old_run(method: str) -> tuple[DistillConfig, Path]:
+        cfg = DistillConfig(teacher=str(tmp_path / "t"), method=method, defense="abd", device="cpu")
+        old = yaml.safe_load(cfg.resolved().to_yaml())
+        del old["sr"]["clean_target"], old["sr"]["clean_dilate"]  # as written before these options existed
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "config.yaml").write_text(yaml.safe_dump(old))
+        return cfg, tmp_path / method
+
+    assert "clean_target" not in METHODS.get("dafl").sr_defaults
+    cfg, run = old_run("dafl")
+    assert runs.same_config(run, cfg.resolved().to_yaml())
     changed = cfg.model_copy(update={"sr": cfg.sr.model_copy(update={"clean_target": True})})
-    assert not runs.same_config(tmp_path / "run", changed.resolved().to_yaml())
+    assert not runs.same_config(run, changed.resolved().to_yaml())
+    assert METHODS.get("zskt").sr_defaults.get("clean_target") is True  # its default differs from the field's
+    cfg, run = old_run("zskt")
+    assert not runs.same_config(run, cfg.resolved().to_yaml())
