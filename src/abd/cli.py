@@ -169,6 +169,20 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from abd.experiment.table import TableConfig, run_table
+
+    cfg = config_from_args(TableConfig, args)
+    extra = {k: {**getattr(cfg, k), **_parse_options(v)} for k, v in (("rounds", args.rounds_kv),
+                                                                      ("method_seeds", args.method_seeds_kv)) if v}
+    if extra:
+        cfg = TableConfig(**{**cfg.model_dump(exclude_unset=True), **extra})
+    results = run_table(cfg, args.out)  # type: ignore[arg-type]
+    print((Path(args.out) / "table.md").read_text())
+    print(f"results -> {args.out}/table.json, table.md, table.png ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from abd.distill import METHODS
 
@@ -193,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     from abd.experiment.demo import DemoConfig
     from abd.experiment.distill_config import DistillConfig
     from abd.experiment.grid import GridConfig
+    from abd.experiment.table import TableConfig
 
     p = argparse.ArgumentParser(prog="abd", description="Backdoor-safe data-free knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -250,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(gr, GridConfig)
     gr.add_argument("--out", type=Path, required=True, help="output directory")
     gr.set_defaults(func=cmd_grid)
+
+    ta = sub.add_parser("table", help="the paper's Table 1 in our setting: every trigger x (teacher, clean KD, "
+                        "methods vanilla and ABD) over held-out seeds, beside the paper's numbers")
+    add_config_flags(ta, TableConfig)
+    ta.add_argument("--out", type=Path, default=Path("runs/table"), help="output directory (default: runs/table)")
+    ta.add_argument("--rounds", dest="rounds_kv", action="append", metavar="METHOD=N",
+                    help="rounds of a method's CPU rows ('clean' for clean KD; repeatable)")
+    ta.add_argument("--method-seeds", dest="method_seeds_kv", action="append", metavar="METHOD=N",
+                    help="the method runs on the first N seeds only (repeatable)")
+    ta.set_defaults(func=cmd_table)
 
     me = sub.add_parser("methods", help="list KD methods")
     me.set_defaults(func=cmd_methods)

@@ -6,6 +6,9 @@
 - RA (robust accuracy): over the same triggered images, the fraction predicted as their true label.
 - target_acc: clean accuracy on the target class alone (a defense must not win ASR by never
   predicting the target class).
+- pred_max_share: the largest fraction of the clean test predictions on one class (``pred_max_class``);
+  ``collapsed`` when it reaches :data:`COLLAPSE_SHARE`.
+- DER (:func:`der`): BackdoorBench's defense effectiveness rating of a defended model against its vanilla one.
 All values are fractions in [0, 1].
 """
 
@@ -16,6 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+
+COLLAPSE_SHARE = 0.9
+"""A model answering one class on at least this fraction of the (balanced, 10-class) clean test set is
+*collapsed*: it has stopped telling the classes apart, and its low ASR (or its ACC near 10 %) says nothing
+about a defense. A healthy student's largest class share is near 10 %; the target class of a backdoored
+one stays near 10 % on clean images too."""
 
 
 @torch.no_grad()
@@ -43,6 +52,30 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: i
     return out
 
 
+def collapse_stats(preds: torch.Tensor, num_classes: int) -> dict[str, float | int | bool]:
+    """``pred_max_share`` (the largest fraction of `preds` on one class), that class (``pred_max_class``)
+    and ``collapsed`` (``pred_max_share >= COLLAPSE_SHARE``); an empty set is not collapsed."""
+    if len(preds) == 0:
+        return {"pred_max_share": 0.0, "pred_max_class": 0, "collapsed": False}
+    counts = torch.bincount(preds.long().flatten(), minlength=num_classes)
+    cls = int(counts.argmax())
+    share = float(counts[cls]) / len(preds)
+    return {"pred_max_share": share, "pred_max_class": cls, "collapsed": bool(share >= COLLAPSE_SHARE)}
+
+
+def der(acc_vanilla: float, asr_vanilla: float, acc_defended: float, asr_defended: float) -> float:
+    """Defense effectiveness rating, in [0, 1]: ``(max(0, dASR) - max(0, dACC) + 1) / 2`` with ``d`` = vanilla
+    minus defended, on fractions. 1: the ASR removed at no ACC cost; 0.5: no change (or an ASR gain paid for
+    with as much ACC); an ASR *rise* counts as no gain (clipped at 0), and so does an ACC rise.
+
+    Source: Wu et al., "BackdoorBench: A Comprehensive Benchmark of Backdoor Learning", NeurIPS 2022
+    Datasets and Benchmarks (the DER of its defense evaluation, with ACC as C-Acc and ASR as ASR).
+    """
+    d_asr = asr_vanilla - asr_defended
+    d_acc = acc_vanilla - acc_defended
+    return (max(0.0, d_asr) - max(0.0, d_acc) + 1.0) / 2.0
+
+
 @dataclass
 class EvalData:
     """Normalized clean test inputs, and the triggered non-target test inputs with their true labels."""
@@ -63,12 +96,14 @@ class EvalData:
 
 
 def evaluate(model: nn.Module, data: EvalData, batch_size: int = 512) -> dict[str, float | int | list]:
-    """ACC, per-class accuracy, target_acc, and (with a trigger) ASR, RA and their denominator ``asr_n``."""
+    """ACC, per-class accuracy, target_acc, the collapse statistics of the clean predictions
+    (:func:`collapse_stats`), and (with a trigger) ASR, RA and their denominator ``asr_n``."""
     preds = predict(model, data.x_clean, batch_size)
     out: dict[str, float | int | list] = {
         "acc": accuracy_from_preds(preds, data.y_clean),
         "acc_n": len(data.y_clean),
         "per_class_acc": per_class_accuracy(preds, data.y_clean, data.num_classes),
+        **collapse_stats(preds, data.num_classes),
     }
     if data.target is not None:
         out["target_acc"] = out["per_class_acc"][data.target]  # type: ignore[index]
