@@ -283,3 +283,42 @@ def test_clean_targets_occlude_the_found_trigger(backdoored_teacher_dir) -> None
         SelfRetrospection(student, teacher, clean_target=True)
     with pytest.raises(ValueError, match="clean_dilate"):
         SelfRetrospection(student, teacher, support=0.02, clean_target=True, clean_dilate=-1)
+
+
+def test_dense_candidate_is_image_wide_bounded_and_unlearned_beside_the_patch(backdoored_teacher_dir) -> None:
+    teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
+    bound = torch.full((1, 1, 1, 1), 0.9)
+    kw = dict(mode="consistency", inner_rounds=4, pert_lr=0.5, l1=0.01, l2=0.01, warm_start=True, support=0.02)
+    patch_only = SelfRetrospection(student, teacher, **kw)
+    both = SelfRetrospection(student, teacher, dense_max_abs=bound, **kw)
+    torch.manual_seed(0)
+    extra_patch = patch_only.step(x)
+    torch.manual_seed(0)
+    extra_both = both.step(x)
+    assert patch_only.last_dense is None
+    dense = both.last_dense
+    assert dense is not None and float(dense.abs().max()) <= 0.9 + 1e-6
+    assert int((dense.abs() > 0).sum()) > 0.5 * dense.numel()  # image-wide, not the 2 % patch
+    assert int((both.last_delta.abs() > 0).sum()) == round(0.02 * 28 * 28)
+    torch.testing.assert_close(both.last_delta, patch_only.last_delta)  # the patch candidate is unchanged
+    assert float(extra_both.detach()) > float(extra_patch.detach())  # both perturbations are unlearned
+    with torch.no_grad():  # and the dense one does change the teacher's answers
+        assert kl_mean(teacher(x), teacher(x + dense)) > 0.01
+
+
+def test_suspect_class_is_deterministic_and_steers_the_dense_candidate(backdoored_teacher_dir) -> None:
+    from abd.defense.retrospect import suspect_class
+
+    teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
+    cls, share = suspect_class(teacher, (1, 28, 28), (0.1307,), (0.3081,))
+    assert 0 <= cls < 10 and 0.1 <= share <= 1  # a suspect, not a verdict: this 6-epoch teacher's default
+    assert suspect_class(teacher, (1, 28, 28), (0.1307,), (0.3081,)) == (cls, share)  # is class 2, not 0
+    bound = torch.full((1, 1, 1, 1), 0.97)
+    kw = dict(mode="consistency", inner_rounds=8, pert_lr=0.5, l2=0.01, support=0.02, dense_max_abs=bound)
+    toward = {}
+    for suspect in (0, 7):
+        sr = SelfRetrospection(student, teacher, suspect=suspect, **kw)
+        sr.step(x)
+        with torch.no_grad():
+            toward[suspect] = float((teacher(x + sr.last_dense).argmax(1) == suspect).float().mean())
+    assert toward[0] > 0.5 > toward[7]  # a bounded image-wide change reaches the backdoor target, not any class

@@ -150,3 +150,37 @@ def test_margin_flags_only_inputs_far_below_the_typical_divergence(teacher_and_d
     flags_plain, flags_deep = plain.flag(x), deep.flag(x)
     assert flags_deep[400:].float().mean() > 0.8  # triggered digits lie ~6 decades down: still flagged
     assert flags_deep[:400].sum() <= flags_plain[:400].sum()
+
+
+def test_floor_flags_a_batch_that_is_all_trigger_like(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    x = ev.x_poison[:128]  # every input triggered: the batch has no low tail of its own
+    relative, absolute = (ShufflingVaccine(teacher, n_layers=1, seed=0, floor=f) for f in (None, -4.0))
+    assert relative.flag(x).float().mean() < 0.2
+    assert absolute.flag(x).float().mean() > 0.8
+    assert absolute.flag(ev.x_clean[:512]).float().mean() < 0.1  # clean digits stay far above the floor
+
+
+def test_balance_term_measures_and_reduces_the_batchs_class_imbalance(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, seed=0, balance=1.0)
+    _, one_class = sv.regularizer(ev.x_poison[:64])
+    _, balanced = sv.regularizer(ev.x_clean[torch.randperm(len(ev.x_clean))[:256]])
+    assert one_class["sv_imbalance"] > 1.5 > 0.3 > balanced["sv_imbalance"]  # log 10 = 2.30 at worst
+    x = ev.x_poison[:64].clone().requires_grad_(True)  # the synthesizer minimizes -coef * R
+    for _ in range(30):
+        loss = -sv.coef * sv.regularizer(x)[0]
+        g, = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            x -= 0.5 * g.sign()
+    assert sv.regularizer(x.detach())[1]["sv_imbalance"] < one_class["sv_imbalance"] - 0.5
+
+
+def test_bn_prior_is_small_on_real_digits_and_large_on_bright_noise(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    sv = ShufflingVaccine(teacher, n_layers=1, seed=0, bn_prior=1.0)
+    real = float(sv.bn_statistics(ev.x_clean[:256]).detach())
+    noise = float(sv.bn_statistics(torch.rand(256, *ev.x_clean.shape[1:]) * 3).detach())
+    assert real < 0.5 * noise
+    _, logs = sv.regularizer(ev.x_clean[:64])
+    assert "sv_bn" in logs

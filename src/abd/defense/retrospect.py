@@ -49,6 +49,28 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(nbt)
 
 
+@torch.no_grad()
+def suspect_class(teacher: nn.Module, shape: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...],
+                  n: int = 256, seed: int = 0) -> tuple[int, float]:
+    """The class the teacher gives featureless inputs, and its share: its most frequent answer on `n` smooth
+    random images (7x7 uniform noise, upsampled). A backdoor's target is the teacher's default answer
+    once a trigger's broad change of the image is there (measured on mnist5k: the target for blend, sig,
+    smooth, BadNets-grid and Trojan-WM teachers, target 0 or 3); a clean teacher has a default class too
+    (class 1 for the seed-100 LeNet-5), so the answer is a suspect, not a verdict."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    x = torch.nn.functional.interpolate(torch.rand(n, c, 7, 7, generator=g), size=(h, w), mode="bilinear",
+                                        align_corners=False)
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    device = next(teacher.parameters()).device
+    was = teacher.training
+    teacher.eval()
+    pred = teacher(((x - m) / s).to(device)).argmax(1).cpu()
+    teacher.train(was)
+    counts = torch.bincount(pred)
+    return int(counts.argmax()), float(counts.max()) / n
+
+
 class SelfRetrospection:
     """Trigger synthesis + unlearning on the student's optimizer step.
 
@@ -98,6 +120,13 @@ class SelfRetrospection:
             largest pixels lie on and around the trigger, not exactly on its pixels (measured: the 16 support
             pixels covered 1 of the BadNets grid's 4 white pixels, and the teacher kept its target on 100 %
             of the occluded triggered digits; grown by 1 or 2, on none).
+        dense_max_abs: in the "consistency" mode, a second, image-wide perturbation is synthesized beside the
+            patch-like one, with no support bound but no pixel moved by more than this (a tensor
+            broadcastable to delta, e.g. 0.3 of the pixel range), and unlearned the same way: a blended or
+            additive image-wide trigger has no 2 % support, a patch trigger no small dense form, and a user
+            never knows which the teacher holds (None: the patch candidate only).
+        suspect: the class the dense candidate drives inputs to (targeted synthesis; see
+            :func:`suspect_class`); None: the dense candidate maximizes the divergence like the patch one.
         objective: what delta maximizes: "divergence" (the paper: D between the outputs on x and x + delta,
             unbounded, so delta keeps growing to flip even the inputs a trigger cannot flip) or "flip" (the
             mean probability that x + delta leaves the clean label, at most 1: once the inputs flip, the
@@ -139,6 +168,8 @@ class SelfRetrospection:
         support: float | None = None,
         clean_target: bool = False,
         clean_dilate: int = 2,
+        dense_max_abs: torch.Tensor | None = None,
+        suspect: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -167,7 +198,9 @@ class SelfRetrospection:
         self.bounds, self.max_abs, self.objective = bounds, max_abs, objective
         self.mix_portion, self.support, self.clean_target = mix_portion, support, clean_target
         self.clean_dilate = clean_dilate
+        self.dense_max_abs, self.suspect = dense_max_abs, suspect
         self.last_delta: torch.Tensor | None = None
+        self.last_dense: torch.Tensor | None = None
         self._last_x: torch.Tensor | None = None
 
     def perturb(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -177,16 +210,20 @@ class SelfRetrospection:
         low, high = (b.to(x.device) for b in self.bounds)
         return torch.maximum(torch.minimum(x + delta, high), low)
 
-    def synthesize(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def synthesize(self, x: torch.Tensor, t_logits: torch.Tensor | None = None, dense: bool = False) -> torch.Tensor:
         """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the model's output
-        (``t_logits``: the teacher's logits on `x` when the caller has them, so they are not recomputed)."""
+        (``t_logits``: the teacher's logits on `x` when the caller has them, so they are not recomputed;
+        ``dense``: the image-wide candidate, bounded by ``dense_max_abs`` instead of ``support``)."""
         model = self.teacher if self.pert_model == "teacher" else self.student
         was = model.training
         if self.pert_model == "teacher":
             model.eval()
         x = x.detach()
-        if self.warm_start and self.last_delta is not None and self.last_delta.shape[1:] == x.shape[1:]:
-            delta = self.last_delta.clone().to(x.device).requires_grad_(True)
+        start = self.last_dense if dense else self.last_delta
+        support = None if dense else self.support
+        max_abs = self.dense_max_abs if dense else self.max_abs
+        if self.warm_start and start is not None and start.shape[1:] == x.shape[1:]:
+            delta = start.clone().to(x.device).requires_grad_(True)
         else:
             delta = torch.zeros(1, *x.shape[1:], device=x.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.pert_lr)
@@ -204,7 +241,9 @@ class SelfRetrospection:
                 with frozen_bn_stats(model):
                     xd = self.perturb(x, delta)
                     out = model(xd)
-                if self.objective == "flip":  # bounded: the mean probability of leaving the clean label
+                if dense and self.suspect is not None:  # targeted: towards the suspected class
+                    loss = -out.log_softmax(1)[:, self.suspect].mean()
+                elif self.objective == "flip":  # bounded: the mean probability of leaving the clean label
                     p_stay = out.softmax(1).gather(1, target.argmax(1, keepdim=True))
                     loss = p_stay.mean()
                 else:
@@ -215,16 +254,16 @@ class SelfRetrospection:
                     loss = loss + self.vaccine_weight * log10_divergence(d).mean()
                 if self.mode != "plain":
                     loss = loss + self.l2 * delta.pow(2).sum()
-                if self.l1 > 0:
+                if self.l1 > 0 and not dense:
                     loss = loss + self.l1 * delta.abs().sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if self.max_abs is not None:
+                if max_abs is not None:
                     with torch.no_grad():
-                        bound = self.max_abs.to(delta.device)
+                        bound = max_abs.to(delta.device)
                         delta.copy_(torch.maximum(torch.minimum(delta, bound), -bound))
-            if self.support is not None:  # at the end: Adam's first steps move every pixel alike
+            if support is not None:  # at the end: Adam's first steps move every pixel alike
                 with torch.no_grad():
                     delta.mul_(self.support_mask(delta))
         finally:
@@ -308,10 +347,11 @@ class SelfRetrospection:
         loss (zero for the hypergradient mode, whose gradient is accumulated into ``.grad`` here).
         ``t_logits``: the teacher's (eval-mode) logits on `x`, if the KD loop already computed them;
         ``target``: the consistency mode's target instead of them (e.g. ``clean_targets``)."""
-        if self.reuse_delta and self.last_delta is not None and x is self._last_x:
-            delta = self.last_delta
-        else:
-            delta = self.synthesize(x, t_logits)
+        reuse = self.reuse_delta and self.last_delta is not None and x is self._last_x
+        delta = self.last_delta if reuse else self.synthesize(x, t_logits)
+        dense = self.mode == "consistency" and self.dense_max_abs is not None
+        if dense and not (reuse and self.last_dense is not None):
+            self.last_dense = self.synthesize(x, t_logits, dense=True)
         self._last_x = x
         if self.mode == "plain":
             delta = delta * min(1.0, self.radius / (float(delta.norm()) + 1e-12))
@@ -326,7 +366,11 @@ class SelfRetrospection:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
             if self.mix_portion >= 1:
-                return self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, delta))) * self.weight
+                loss = self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, delta)))
+                if self.last_dense is not None and self.dense_max_abs is not None:
+                    loss = loss + self.unlearn_divergence(t_logits.detach(),
+                                                          self.student(self.perturb(x, self.last_dense)))
+                return loss * self.weight
             # perturb a random part of the batch and forward it with the clean rest: the student's batch
             # statistics (and BatchNorm running statistics) stay those of mostly clean inputs
             idx, patch = self._random_rows(x, max(1, int(round(len(x) * self.mix_portion))))

@@ -10,12 +10,13 @@ a low-divergence tail at all (vaccine verification), which also audits the teach
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
-from abd.distill.losses import kl_elementwise
+from abd.distill.losses import class_balance, kl_elementwise
 
 
 def shufflable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv",)) -> list[tuple[str, nn.Module]]:
@@ -121,13 +122,17 @@ class ShufflingVaccine(nn.Module):
         robust: bool = True,
         penalty: str = "log",
         margin: float = 2.0,
+        floor: float | None = None,
+        balance: float = 0.0,
+        bn_prior: float = 0.0,
         seed: int = 0,
     ) -> None:
         if mask not in ("argmax", "tail"):
             raise ValueError(f"mask must be 'argmax' or 'tail', got {mask!r}")
         if penalty not in ("d", "log"):
             raise ValueError(f"penalty must be 'd' or 'log', got {penalty!r}")
-        self.penalty_form, self.margin = penalty, margin
+        self.penalty_form, self.margin, self.floor, self.balance = penalty, margin, floor, balance
+        self.bn_prior = bn_prior
         self.mask_mode, self.robust = mask, robust
         self.threshold: float | None = None  # log10-d tail threshold, set by verify()
         super().__init__()
@@ -187,7 +192,10 @@ class ShufflingVaccine(nn.Module):
         mask = ts.argmax(1) == t.argmax(1)
         if self.mask_mode == "tail":
             s = log10_divergence(d.detach())
-            mask = mask & (s < (self.threshold if self.threshold is not None else self.tail_threshold(s)))
+            tail = s < (self.threshold if self.threshold is not None else self.tail_threshold(s))
+            if self.floor is not None:  # absolute: a batch that is all trigger-like has no low tail of its own
+                tail = tail | (s < self.floor)
+            mask = mask & tail
         return d, mask.float().detach()
 
     def tail_threshold(self, s: torch.Tensor, with_margin: bool = True) -> float:
@@ -226,9 +234,40 @@ class ShufflingVaccine(nn.Module):
         stats for logging."""
         d, m = self.divergence(x, t_logits)
         n = m.sum()
-        v = log10_divergence(d) if self.penalty_form == "log" else d
+        # log10(d + 1e-12): unlike the clamped log it keeps a gradient where the copies agree exactly
+        v = torch.log10(d + 1e-12) if self.penalty_form == "log" else d
         r = (m * v).sum() / n if n > 0 else d.sum() * 0.0
-        return r, {"sv_flagged": float(n) / len(m), "sv_r": float(r.detach())}
+        logs = {"sv_flagged": float(n) / len(m), "sv_r": float(r.detach())}
+        if self.balance > 0:  # R is maximized by the synthesizer: subtract the batch's class imbalance
+            t = self._teacher(x, t_logits)
+            imbalance = class_balance(t) + math.log(t.shape[1])  # log C - H(mean p_T) >= 0
+            r = r - self.balance / self.coef * imbalance if self.coef > 0 else r
+            logs["sv_imbalance"] = float(imbalance.detach())
+        if self.bn_prior > 0 and self.coef > 0:
+            stat = self.bn_statistics(x)
+            if stat is not None:
+                r = r - self.bn_prior / self.coef * stat
+                logs["sv_bn"] = float(stat.detach())
+        return r, logs
+
+    def bn_statistics(self, x: torch.Tensor) -> torch.Tensor | None:
+        """DeepInversion's feature-statistics distance of batch `x` to the teacher's BatchNorm running
+        statistics (None for a teacher without BatchNorm): the synthetic batch is kept near the teacher's
+        training distribution, in which triggered inputs are a minority."""
+        from abd.models.hooks import bn_stat_hooks, remove_hooks
+
+        try:
+            hooks = bn_stat_hooks(self.teacher)
+        except ValueError:
+            return None
+        try:
+            was = self.teacher.training
+            self.teacher.eval()
+            self.teacher(x)
+            self.teacher.train(was)
+            return sum(h.r_feature for h in hooks) / len(hooks)
+        finally:
+            remove_hooks(hooks)
 
     def penalty(self, x: torch.Tensor, t_logits: torch.Tensor | None = None) -> torch.Tensor:
         """The term to add to a synthesis loss: -lambda * R (zero while SV is off)."""

@@ -120,7 +120,9 @@ class Distiller:
         if cfg.use_sr:
             self.sr_start = self.branch_round
             self.sr = cfg.sr.build(self.student, self.teacher, self.method.divergence, self.sv,
-                                   torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std)
+                                   torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std,
+                                   ctx.image_size)
+
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
         self.t_names, self.s_names = t_names, s_names
@@ -128,6 +130,8 @@ class Distiller:
         self.train_seconds = 0.0
         self.sr_seconds = 0.0
         self.extra: dict[str, Any] = {}
+        if self.sr is not None and self.sr.suspect is not None:
+            self.extra["sr_suspect"] = self.sr.suspect
 
     # ------------------------------------------------------------------ the loop
     def _sv_hook(self, x: torch.Tensor, t_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -310,6 +314,7 @@ class Distiller:
             method=self.cfg.method,
             defense=self.cfg.defense,
             sr_seconds=self.sr_seconds,
+            device=str(self.ctx.device),
             **({"sv_verification": self.sv_report} if self.sv_report else {}),
             **self.extra,
         )
@@ -322,8 +327,17 @@ class Distiller:
         tensors = {"samples": self.method.sample()[:64].detach().cpu().contiguous()}
         if self.sr is not None and self.sr.last_delta is not None:
             tensors["sr_delta"] = self.sr.last_delta.detach().cpu().contiguous()
+        if self.sr is not None and self.sr.last_dense is not None:
+            tensors["sr_dense"] = self.sr.last_dense.detach().cpu().contiguous()
         save_file(tensors, str(self.out / "artifacts.safetensors"))
         write_json(self.out / "metrics.json", m)
+        if m.get("collapsed"):  # never silent: the log, the metrics and the tables say so
+            msg = (f"collapsed: the student answers class {m.get('pred_max_class')} on "
+                   f"{100 * m['pred_max_share']:.0f} % of the clean test set")
+            self.log.write({"round": self.round, "event": "collapsed", "pred_max_class": m.get("pred_max_class"),
+                            "pred_max_share": m["pred_max_share"]})
+            if self.progress:
+                tqdm.write(f"{self.out}: {msg}")
         ckpt = self.out / "checkpoint.pt"
         if ckpt.is_file():
             ckpt.unlink()  # the run is complete: its outputs replace the resume state
@@ -354,6 +368,8 @@ class Distiller:
             st["sr_rng"] = self.sr.generator.get_state()
         if self.sr is not None and self.sr.last_delta is not None:  # warm_start continues from it
             st["sr_delta"] = self.sr.last_delta.detach()
+        if self.sr is not None and self.sr.last_dense is not None:
+            st["sr_dense"] = self.sr.last_dense.detach()
         return st
 
     def _save_checkpoint(self, path: Path) -> None:
@@ -389,4 +405,6 @@ class Distiller:
             self.sr.generator.set_state(st["sr_rng"])
         if self.sr is not None and "sr_delta" in st:
             self.sr.last_delta = st["sr_delta"]
+        if self.sr is not None and "sr_dense" in st:
+            self.sr.last_dense = st["sr_dense"]
         _set_rng_state(st["rng"])

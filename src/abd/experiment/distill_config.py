@@ -31,6 +31,14 @@ class SVOptions(Config):
     margin: float = Field(2.0, ge=0, description="flag only inputs this many decades of divergence below the "
                           "median synthetic sample (0: the tail threshold alone)")
     penalty: Literal["d", "log"] = Field("log", description="repel flagged synthetic inputs by d (paper) or log10 d")
+    floor: float | None = Field(-4.0, description="also flag every input whose log10 divergence is below this "
+                                "absolute value, whatever its batch (None: relative to the batch alone, which "
+                                "flags nothing when the whole synthetic batch is trigger-like)")
+    balance: float = Field(1.0, ge=0, description="weight of a class-balance term (DAFL's information entropy) on "
+                           "the teacher's answers over each synthetic batch: a synthesizer drawn to one class "
+                           "(a backdoor's target, for an image-wide trigger) is pushed to the others (0: off)")
+    bn_prior: float = Field(1.0, ge=0, description="weight of the distance between each synthetic batch's feature "
+                            "statistics and the teacher's BatchNorm running statistics (DeepInversion's prior)")
 
     def build(self, teacher: Any, seed: int = 0) -> Any:
         """The :class:`~abd.defense.ShufflingVaccine` these options describe (on from the start; the engine
@@ -41,7 +49,7 @@ class SVOptions(Config):
             teacher, n_copies=self.n_copies, n_layers=self.n_layers, kinds=tuple(self.kinds), coef=self.coef,
             tail_std=self.tail_std, tail_ratio=self.tail_ratio, max_trials=self.max_trials,
             shuffle_grad=self.shuffle_grad, mask=self.mask, robust=self.robust, penalty=self.penalty,
-            margin=self.margin, seed=seed,
+            margin=self.margin, floor=self.floor, balance=self.balance, bn_prior=self.bn_prior, seed=seed,
         )
 
 
@@ -102,6 +110,14 @@ class SROptions(Config):
                                "to the input mean), the KD target is that other answer: a synthesized sample "
                                "that carries the trigger is taught the teacher's answer without it (needs "
                                "`support`; DFAD's and DeepInversion's default)")
+    dense: float | None = Field(0.3, gt=0, le=1, description="consistency mode: also synthesize and unlearn an "
+                                "image-wide perturbation that moves no pixel by more than this fraction of the "
+                                "pixel range (an image-wide trigger has no small support; None: the patch "
+                                "candidate only, as before)")
+    targeted: bool = Field(True, description="the dense candidate drives inputs to the teacher's default class "
+                           "on smooth random images (a backdoor's target, for the triggers measured) instead of "
+                           "maximizing the divergence, which found a natural weakness of the teacher (class 5 of "
+                           "a blend teacher) and made the student unlearn that class")
     clean_dilate: int = Field(2, ge=0, description="clean_target occludes the support grown by this many pixels "
                               "on every side (the perturbation lies on and around the trigger's pixels)")
     vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
@@ -119,7 +135,7 @@ class SROptions(Config):
 
     def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
               generator: Any = None, mean: tuple[float, ...] | None = None,
-              std: tuple[float, ...] | None = None) -> Any:
+              std: tuple[float, ...] | None = None, image_size: int | None = None) -> Any:
         """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``: the
         KD method's, used with ``divergence: method``; ``vaccine``: a ShufflingVaccine to guide the trigger
         synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``)."""
@@ -129,12 +145,18 @@ class SROptions(Config):
         from abd.distill.losses import kl_mean
         from abd.distill.synthesis import Normalize
 
-        bounds = max_abs = None
+        bounds = max_abs = dense = suspect = None
         if mean is not None and std is not None:
             norm, black = Normalize(mean, std), torch.zeros(1, len(mean), 1, 1)
             low, high = norm(black), norm(black + 1)  # the valid normalized pixel range
             bounds = (low, high) if self.clip else None
             max_abs = (high - low) * self.max_abs if self.max_abs is not None else None
+            dense = (high - low) * self.dense if self.dense is not None and self.mode == "consistency" else None
+            if dense is not None and self.targeted and teacher is not None:
+                from abd.defense.retrospect import suspect_class
+
+                size = image_size or 28
+                suspect = suspect_class(teacher, (len(mean), size, size), mean, std)[0]
         elif self.max_abs is not None:
             raise ValueError("sr.max_abs needs the input normalization (mean and std)")
 
@@ -149,8 +171,24 @@ class SROptions(Config):
             vaccine=vaccine, vaccine_weight=self.vaccine_weight, l1=self.l1, warm_start=self.warm_start,
             reuse_delta=self.reuse_delta, bounds=bounds, max_abs=max_abs, objective=self.objective,
             mix_portion=self.mix_portion, support=self.support, clean_target=self.clean_target,
-            clean_dilate=self.clean_dilate,
+            clean_dilate=self.clean_dilate, dense_max_abs=dense, suspect=suspect,
         )
+
+
+# The paper's algorithm (SPEC 5 and 6), field by field where it differs from our defaults; `--preset paper`
+# applies them to every field a run leaves unset, in place of the methods' own SV/SR defaults.
+PAPER_SV: dict[str, Any] = {
+    "coef": 0.1, "n_copies": 3, "n_layers": 5, "mask": "argmax", "robust": False, "penalty": "d", "margin": 0.0,
+    "floor": None, "balance": 0.0, "bn_prior": 0.0, "verify_rounds": 50, "tail_std": 3.0, "tail_ratio": 0.02,
+    "max_trials": 8, "shuffle_grad": True,
+}
+PAPER_SR: dict[str, Any] = {
+    "mode": "hypergrad", "fraction": 0.05, "lr": 5e-4, "inner_rounds": 20, "pert_lr": 0.1, "l2": 1e-3,
+    "inner_step": 0.1, "k": 5, "out_portion": 0.02, "weight": 1.0, "pert_model": "teacher", "l1": 0.0,
+    "warm_start": False, "reuse_delta": False, "divergence": "method", "unlearn": None, "clip": False,
+    "objective": "divergence", "mix_portion": 1.0, "max_abs": None, "support": None, "clean_target": False,
+    "vaccine_weight": 0.0, "dense": None, "targeted": False,
+}
 
 
 def with_defaults(options: C, defaults: dict[str, Any]) -> C:
@@ -201,8 +239,9 @@ class DistillConfig(Config):
 
         cls = METHODS.get(self.method)
         opts = resolve_options(self.method, self.method_options, self.preset).model_dump(mode="json")
-        sv = with_defaults(self.sv, cls.sv_defaults)
-        sr = with_defaults(self.sr, cls.sr_defaults)
+        paper = self.preset == "paper"
+        sv = with_defaults(self.sv, PAPER_SV if paper else cls.sv_defaults)
+        sr = with_defaults(self.sr, PAPER_SR if paper else cls.sr_defaults)
         sr = sr.model_copy(update={"unlearn": sr.resolved_unlearn()})
         return self.model_copy(update={"method_options": dict(sorted(opts.items())), "sv": sv, "sr": sr})
 

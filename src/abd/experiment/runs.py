@@ -61,12 +61,18 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, p
         return build_distiller(cfg, out_dir, progress).run(resume=resume, branch_from=branch_from)
 
 
+WHERE = ("device", "threads")  # where a run ran, not what it is: a run made on a GPU is reused on a CPU
+
+
 def _effective(cfg: Any) -> Any:
     """A config as data, without the options of defenses the run does not use (a vanilla run is the same
     run whatever the SR options say), and with the SV/SR options a config written before they existed
     lacks filled in with their field defaults (a new option's field default keeps the old behaviour; a
     method that changes it does so through its ``sr_defaults``, written out by ``resolved()``)."""
-    if not isinstance(cfg, dict) or "defense" not in cfg:
+    if not isinstance(cfg, dict):
+        return cfg
+    cfg = {k: v for k, v in cfg.items() if k not in WHERE}
+    if "defense" not in cfg:
         return cfg
     try:
         cfg = {**cfg, **DistillConfig.model_validate(cfg).model_dump(mode="json", include={"sv", "sr"})}

@@ -292,16 +292,19 @@ def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> d
         tags.append((trigger, method, defense, preset, seed))
 
     clean_method, clean_defense = ARMS["clean_kd"]  # the demo's clean KD arm
+    # method-major, the paper's method first: an interrupted table has whole columns, not whole seeds
     for seed in seeds:
         for trigger in groups:
             add(seed, trigger, clean_method, clean_defense, "cpu", {"rounds": cfg.method_rounds(clean_method)})
-            for method in cfg.methods:
-                if seed in cfg.method_seed_list(method):
-                    for defense in defenses:
-                        add(seed, trigger, method, defense, "cpu", {"rounds": cfg.method_rounds(method)})
-            if trigger in paper_triggers:
-                for defense in defenses:  # the paper preset's rounds (80000) are not the CPU rows'
-                    add(seed, trigger, PAPER_METHOD, defense, "paper", {"rounds": cfg.method_rounds(PAPER_METHOD)})
+    for method in cfg.methods:
+        for seed in cfg.method_seed_list(method):
+            for trigger in groups:
+                for defense in defenses:
+                    add(seed, trigger, method, defense, "cpu", {"rounds": cfg.method_rounds(method)})
+    for seed in seeds:
+        for trigger in paper_triggers:
+            for defense in defenses:  # the paper preset's rounds (80000) are not the CPU rows'
+                add(seed, trigger, PAPER_METHOD, defense, "paper", {"rounds": cfg.method_rounds(PAPER_METHOD)})
 
     metrics = run_jobs(jobs, cfg.workers, progress)
     per_row: dict[tuple[str, str, str, str | None], dict[int, dict[str, Any]]] = {}
