@@ -98,3 +98,43 @@ def test_console_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "abd.cli", "teacher", "train", "--trigger", "sigg",
                            "--out", "unused"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Did you mean 'sig'" in proc.stderr
+
+
+def test_resume_protects_the_runs_folder(teacher_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    base = ["distill", "--teacher", str(teacher_dir), "--method", "zskt", "--rounds", "2", "--eval-every", "1",
+            "--device", "cpu", "--out", str(out)]
+    assert main(["distill", *base[1:], "--resume"]) == 2  # an empty folder: nothing to resume
+    assert "no checkpoint.pt" in capsys.readouterr().err and not (out / "config.yaml").exists()
+    assert main([*base, "--resume-or-start"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*base, "--resume"]) == 0  # finished: said so, nothing rewritten
+    assert "already finished" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main([*base, "--resume", "--seed", "1", "--rounds", "3"]) == 2  # another run: refused, fields named
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "method_options.rounds" in err and "seed" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(teacher_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    out = tmp_path / "run"
+    base = ["distill", "--teacher", str(teacher_dir), "--method", "zskt", "--rounds", "2", "--device", "cpu",
+            "--out", str(out)]
+    assert main([*base, "--resume-or-start"]) == 0
+    (out / "metrics.json").unlink()  # as if interrupted, with a planted checkpoint
+    (out / "checkpoint.pt").write_bytes(pickle.dumps({"round": Evil()}, protocol=2))
+    capsys.readouterr()
+    assert main([*base, "--resume"]) == 2
+    cap = capsys.readouterr()
+    assert "pwned" not in cap.out and len(cap.err.strip().splitlines()) == 1
+    assert "refused to load" in cap.err and "weights_only=False" not in cap.err

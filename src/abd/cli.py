@@ -132,7 +132,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     sr = cfg.sr.model_copy(update=_parse_options(args.sr))
     cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts,  # unset SV/SR fields: method defaults
                            "sv": sv.model_dump(exclude_unset=True), "sr": sr.model_dump(exclude_unset=True)})
-    m = run_distill(cfg, args.out, resume=args.resume, branch_from=args.branch_from)
+    resume = args.resume or args.resume_or_start
+    if resume:  # checked before anything in the folder is written
+        from abd.experiment.runs import check_resume
+
+        done = check_resume(cfg, args.out, or_start=args.resume_or_start)
+        if done is not None:
+            print(f"{args.out}: already finished, nothing rewritten: {format_metrics(done)}")
+            return 0
+    m = run_distill(cfg, args.out, resume=resume, branch_from=args.branch_from)
     print(f"student -> {args.out}: {format_metrics(m)}, {m['seconds']:.1f} s "
           f"({1000 * m['seconds_per_step']:.1f} ms/round)")
     return 0
@@ -243,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
     di.add_argument("--sv", action="append", metavar="KEY=VALUE", help="Shuffling-Vaccine option")
     di.add_argument("--sr", action="append", metavar="KEY=VALUE", help="Self-Retrospection option")
-    di.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    di.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (refused when DIR holds "
+                    "another run or no checkpoint; a finished run is left as it is)")
+    di.add_argument("--resume-or-start", action="store_true", help="as --resume, but start the run when DIR has "
+                    "no checkpoint")
     di.add_argument("--branch-from", type=Path, default=None, metavar="RUN",
                     help="an SR run (--defense sr|abd) starts from RUN/sr_branch.pt, the state of the same "
                          "run without SR (none|sv) at the SR start round, and runs only the SR phase")

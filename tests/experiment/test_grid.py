@@ -24,6 +24,8 @@ def test_grid_runs_every_cell_and_branches_sr_runs(tmp_path) -> None:
         assert abd[: len(abd) - 1] == sv[: len(abd) - 1]  # ABD's run up to SR is its SV parent's
         assert json.loads((tmp_path / "seed0" / f"{m}+abd" / "metrics.json").read_text())["sr_start_round"] == 2
     md = (tmp_path / "grid.md").read_text()
+    assert res["protocol"]["heldout_seeds"] == [0] and res["protocol"]["development_seeds"] == [100, 101, 102]
+    assert "runs seeds [0] (held-out)" in md
     assert "| zskt+abd |" in md and "| dafl+none |" in md and "+sv |" not in md
     assert (tmp_path / "grid.png").stat().st_size > 0
 
@@ -122,3 +124,15 @@ def test_a_config_written_before_an_option_existed_matches_its_field_default(tmp
     assert METHODS.get("zskt").sr_defaults.get("clean_target") is True  # its default differs from the field's
     cfg, run = old_run("zskt")
     assert not runs.same_config(run, cfg.resolved().to_yaml())
+
+
+def test_where_a_run_ran_is_no_part_of_its_identity(tmp_path) -> None:
+    from abd.experiment import runs
+    from abd.experiment.distill_config import DistillConfig
+
+    gpu = DistillConfig(teacher="t", method="zskt", defense="abd", device="cuda", threads=4)
+    (tmp_path / "config.yaml").write_text(gpu.resolved().to_yaml())
+    cpu = gpu.model_copy(update={"device": "cpu", "threads": 1})
+    assert runs.same_config(tmp_path, cpu.resolved().to_yaml())  # a GPU run is reused on a CPU
+    other = gpu.model_copy(update={"seed": 1, "device": "cpu"})
+    assert not runs.same_config(tmp_path, other.resolved().to_yaml())

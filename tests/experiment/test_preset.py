@@ -37,3 +37,14 @@ def test_our_defaults_differ_from_the_paper_and_explicit_options_win() -> None:
     assert given.sr.inner_rounds == 10 and given.sv.coef == 0.3 and given.sr.mode == "hypergrad"
     zskt = given.method_options
     assert zskt["generator"] == "zskt" and zskt["gen_width"] == 128  # the method as published, too
+
+
+def test_paper_preset_gives_the_vanilla_methods_as_published() -> None:
+    def opts(method: str) -> dict:
+        return DistillConfig(teacher="t", method=method, preset="paper").resolved().method_options
+
+    assert opts("dfad")["balance"] == 0.0  # DFAD without DAFL's class-balance term
+    assert opts("ood")["balance_pool"] == 1  # OOD-KD on the plain transfer set (no class-balanced selection)
+    assert opts("zskt")["generator"] == "zskt"  # ZSKT's own generator
+    cpu = DistillConfig(teacher="t", method="dfad").resolved().method_options
+    assert cpu["balance"] == 1.0  # ours differs, under its own name

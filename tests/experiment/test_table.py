@@ -176,3 +176,14 @@ def test_config_defaults_and_validation() -> None:
                 {"paper_triggers": ["nope"]}, {"method_seeds": {"cmi": 0}}, {"rounds": {"nope": 3}}):
         with pytest.raises((ValidationError, UnknownNameError)):  # as GridConfig (the CLI reports both)
             TableConfig(**bad)
+
+
+def test_protocol_names_development_and_held_out_seeds() -> None:
+    from abd.experiment.report import protocol
+
+    p = protocol([0, 1, 2])
+    assert p["heldout_seeds"] == [0, 1, 2] and p["development_seeds"] == [100, 101, 102]
+    assert p["text"].endswith("(held-out)")
+    assert protocol([100, 101])["text"].endswith("(development)") and protocol([100, 101])["heldout_seeds"] == []
+    mixed = protocol([99, 100])
+    assert mixed["heldout_seeds"] == [99] and "development seeds [100] among them" in mixed["text"]

@@ -100,6 +100,13 @@ class ShufflingVaccine(nn.Module):
         penalty: "d" repels flagged inputs by their divergence d (paper); "log" (default) by log10 d. A
             flagged input has a tiny d (a triggered digit: about 1e-6), so the gradient of d vanishes exactly
             where the synthesizer should be pushed hardest; log10 d is scale-free.
+        floor: also flag every input whose log10 d is below this absolute value (None: relative to the batch
+            alone). When a whole synthetic batch is trigger-like (an image-wide trigger: blend, sig, smooth)
+            the batch median is itself at the floor and the relative threshold flags nothing.
+        balance: weight of DAFL's class-balance term on the teacher's answers over the synthetic batch,
+            part of the synthesis term (0: off): a synthesizer drawn to one class is pushed to the others.
+        bn_prior: weight of DeepInversion's BatchNorm-statistics distance of the synthetic batch to the
+            teacher's running statistics (0: off; ignored for a teacher without BatchNorm).
 
     Usage in any KD loop (the synthesis loss is minimized by the generator):
 

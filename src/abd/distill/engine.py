@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from abd.defense import SelfRetrospection, ShufflingVaccine
 from abd.distill.base import KDContext, KDMethod, create_method
-from abd.experiment.checkpoint import save_model
+from abd.experiment.checkpoint import safe_torch_load, save_model
 from abd.experiment.distill_config import DistillConfig
 from abd.metrics import EvalData, evaluate
 from abd.models.hooks import capture_features, feature_layers
@@ -380,7 +380,7 @@ class Distiller:
     def _load_checkpoint(self, path: Path) -> None:
         import ast
 
-        st = torch.load(path, map_location=self.ctx.device, weights_only=True)
+        st = safe_torch_load(path, map_location=self.ctx.device)
         self.round, self.train_seconds, self.sr_seconds = st["round"], st["train_seconds"], st["sr_seconds"]
         self.student.load_state_dict(st["student"])
         if st["sr_started"]:

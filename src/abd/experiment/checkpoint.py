@@ -29,6 +29,18 @@ def save_model(directory: str | Path, stem: str, model: nn.Module, meta: dict[st
     return d / f"{stem}.safetensors"
 
 
+def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``, failing with one line that names the file: PyTorch's own message
+    ends by advising ``weights_only=False``, which must never be done with a file one did not write."""
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses code; truncated and corrupt files fail too
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split("weights_only")[0].rstrip(" .(,:") or type(e).__name__
+        raise CheckpointError(f"refused to load {path}: not a file of plain tensors ({type(e).__name__}: "
+                              f"{first}); abd never unpickles anything else") from None
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors, or a foreign .pt/.pth with ``torch.load(weights_only=True)``."""
     p = Path(path)
@@ -39,12 +51,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{p} is not a valid safetensors file: {e}") from e
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # the restricted unpickler refuses code; corrupt files fail too
-        raise CheckpointError(
-            f"refused to load {p}: only plain tensors are accepted (torch.load weights_only=True): {e}"
-        ) from e
+    obj = safe_torch_load(p)
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):

@@ -25,6 +25,7 @@ from abd.experiment.report import (
     plot_curves,
     plot_sample_grids,
     plot_trigger_vs_delta,
+    protocol,
 )
 from abd.utils import read_jsonl, write_json
 
@@ -62,6 +63,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
     if unknown:
         raise ValueError(f"unknown demo arm(s) {unknown}; known: {list(ARMS)}")
     t_start = time.perf_counter()
+    proto = protocol(list(range(cfg.seeds)), what="the demo")
+    if progress:
+        tqdm.write(proto["text"])
     teachers, jobs = [], []
     for seed in range(cfg.seeds):
         tdir = out / f"seed{seed}" / "teacher"
@@ -86,14 +90,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
         ratio = [s["seconds_per_step"] / v["seconds_per_step"]
                  for s, v in zip(per_arm["zskt+sv"], per_arm["zskt"])]
         arms["zskt+sv"].update(aggregate([{"time_ratio_vs_vanilla": r} for r in ratio], ["time_ratio_vs_vanilla"]))
-    results = {"config": cfg.model_dump(mode="json"), "arms": arms,
+    results = {"config": cfg.model_dump(mode="json"), "arms": arms, "protocol": proto,
                "wall_seconds": time.perf_counter() - t_start}
     write_json(out / "results.json", results)
     columns = [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
                ("seconds", "seconds", "s")]
     table = markdown_table(arms, columns)
     note = (f"\n{cfg.seeds} seed(s); ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
-            f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n")
+            f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n\n{proto['text']}\n")
     (out / "results.md").write_text(f"# abd demo: {cfg.trigger} teacher on {cfg.dataset}\n\n{table}{note}")
     _figures(cfg, out)
     return results

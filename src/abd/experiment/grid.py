@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from abd.experiment.distill_config import StudyConfig
-from abd.experiment.report import aggregate, markdown_table
+from abd.experiment.report import aggregate, markdown_table, protocol
 from abd.utils import write_json
 
 Defense = Literal["none", "sv", "sr", "abd"]
@@ -60,6 +60,9 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid_config.yaml").write_text(cfg.to_yaml())
     t_start = time.perf_counter()
+    proto = protocol(list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)), what="the grid")
+    if progress:
+        print(proto["text"], flush=True)
     runs: dict[str, list[dict[str, Any]]] = {}
     teachers, jobs = [], []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
@@ -77,14 +80,15 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
         runs.setdefault(job.run_dir.name, []).append(m)
     rows = {"teacher": aggregate(teachers, GRID_KEYS)}
     rows.update({k: aggregate(v, GRID_KEYS) for k, v in runs.items()})
-    results = {"config": cfg.model_dump(mode="json"), "rows": rows, "wall_seconds": time.perf_counter() - t_start}
+    results = {"config": cfg.model_dump(mode="json"), "rows": rows, "protocol": proto,
+               "wall_seconds": time.perf_counter() - t_start}
     write_json(out / "grid.json", results)
     shown = {k: v for k, v in rows.items() if k == "teacher" or k.split("+", 1)[1] in cfg.defenses}
     columns = [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
                ("seconds_per_step", "s/round", "x")]
     note = (f"\n{cfg.seeds} seed(s), {cfg.trigger} {cfg.teacher_model} teacher on {cfg.dataset} -> "
             f"{cfg.student}; ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
-            f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n")
+            f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n\n{proto['text']}\n")
     (out / "grid.md").write_text(f"# abd grid\n\n{markdown_table(shown, columns)}{note}")
     plot_grid(shown, cfg.methods, [d for d in cfg.defenses if d != "none"], out / "grid.png")
     return results

@@ -131,3 +131,18 @@ def plot_trigger_vs_delta(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+DEVELOPMENT_SEEDS = (100, 101, 102)  # the seeds defaults are chosen on; reports run the held-out 0, 1, 2
+
+
+def protocol(seeds: list[int], development_seeds: tuple[int, ...] | list[int] = DEVELOPMENT_SEEDS,
+             what: str = "this study") -> dict:
+    """Which seeds chose the defaults and whether `seeds` are held out: ``development_seeds``,
+    ``heldout_seeds`` (those of `seeds` not among them), ``seeds`` and a one-line ``text`` to print."""
+    dev = list(development_seeds)
+    overlap = sorted(set(seeds) & set(dev))
+    kind = "held-out" if not overlap else "development" if len(overlap) == len(seeds) else \
+        f"development seeds {overlap} among them"
+    return {"development_seeds": dev, "heldout_seeds": [s for s in seeds if s not in dev], "seeds": list(seeds),
+            "text": f"protocol: defaults chosen on development seeds {dev}; {what} runs seeds {list(seeds)} ({kind})"}

@@ -90,6 +90,37 @@ def same_config(run_dir: str | Path, cfg_yaml: str) -> bool:
     return c.is_file() and _effective(yaml.safe_load(c.read_text())) == _effective(yaml.safe_load(cfg_yaml))
 
 
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the fields where configs `a` and `b` (as data) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in config_diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class ResumeError(ValueError):
+    """``--resume`` cannot continue this folder's run as asked."""
+
+
+def check_resume(cfg: DistillConfig, run_dir: str | Path, or_start: bool = False) -> dict[str, Any] | None:
+    """Before anything is written: the metrics of `run_dir` when its run of this very config is finished
+    (nothing to do); None when it may be resumed (or, with `or_start`, started). Raises ResumeError when the
+    folder holds another run (naming the fields that differ) or nothing to resume."""
+    run_dir, cfg_yaml = Path(run_dir), cfg.resolved().to_yaml()
+    written = run_dir / "config.yaml"
+    if written.is_file():
+        diff = config_diff(_effective(yaml.safe_load(written.read_text())), _effective(yaml.safe_load(cfg_yaml)))
+        if diff:
+            raise ResumeError(f"{run_dir} holds another run (it differs in {', '.join(diff)}): resume it with its "
+                              f"own options (--config {written}) or choose another --out")
+    m = finished(run_dir, cfg_yaml)
+    if m is not None:
+        return m
+    if not (run_dir / "checkpoint.pt").is_file() and not or_start:
+        raise ResumeError(f"{run_dir} has no checkpoint.pt: nothing to resume (--resume-or-start starts the run "
+                          "when there is none)")
+    return None
+
+
 def finished(run_dir: str | Path, cfg_yaml: str) -> dict[str, Any] | None:
     """The metrics of a finished run in `run_dir` with exactly this configuration, if any."""
     m = Path(run_dir) / "metrics.json"

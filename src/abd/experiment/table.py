@@ -155,11 +155,9 @@ def config_record(cfg: TableConfig) -> dict[str, Any]:
 
 def protocol_line(cfg: TableConfig) -> str:
     """Which seeds chose the defaults and whether the seeds run here are held out."""
-    overlap = sorted(set(cfg.seed_list) & set(cfg.development_seeds))
-    kind = "held-out" if not overlap else "development" if len(overlap) == cfg.seeds else \
-        f"development seeds {overlap} among them"
-    return (f"protocol: defaults chosen on development seeds {cfg.development_seeds}; this table runs seeds "
-            f"{cfg.seed_list} ({kind})")
+    from abd.experiment.report import protocol
+
+    return protocol(cfg.seed_list, cfg.development_seeds, "this table")["text"]
 
 
 def _ensure_teacher(item: tuple[TeacherConfig, Path]) -> dict[str, Any]:
