@@ -138,3 +138,17 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(teacher_dir: Pa
     cap = capsys.readouterr()
     assert "pwned" not in cap.out and len(cap.err.strip().splitlines()) == 1
     assert "refused to load" in cap.err and "weights_only=False" not in cap.err
+
+
+@pytest.mark.parametrize("command", [["distill"], ["teacher", "train"], ["grid"], ["table"]])
+def test_help_lists_the_registered_choices(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from abd.distill import METHODS
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    if command == ["distill"]:
+        assert all(m in text for m in METHODS.summary()) and "choices: none, sv, sr, abd" in text
+    assert "lenet5_half" in text  # model names
+    if command == ["teacher", "train"]:
+        assert "mnist5k" in text and "badnet_grid" in text

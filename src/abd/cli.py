@@ -21,9 +21,34 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config]) -> None
             continue  # nested options come from --config (or a command's own KEY=VALUE flags)
         default = field.default if field.default_factory is None else field.default_factory()
         shown = "required" if field.is_required() else f"default: {default}"
-        helptext = (field.description + "; " if field.description else "") + shown
+        choices = _choices(name, field.annotation)
+        helptext = (field.description + "; " if field.description else "") + shown + \
+            (f"; choices: {', '.join(choices)}" if choices else "")
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
                             help=helptext)
+
+
+# config fields whose values are names in a registry (validated there; listed in --help)
+_REGISTERED = {"dataset": "dataset", "model": "model", "teacher_model": "model", "student": "model",
+               "trigger": "trigger", "eval_trigger": "trigger"}
+
+
+def _choices(name: str, annotation: object) -> list[str]:
+    """The values a flag takes: a Literal's, or the names registered for it."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    if name == "method":
+        from abd.distill import METHODS
+
+        return sorted(METHODS.summary())
+    if name in _REGISTERED:
+        from abd.experiment.config import registry_of
+
+        names = sorted(registry_of(_REGISTERED[name]).summary())
+        return ["none", *names] if _REGISTERED[name] == "trigger" else names  # none: a clean teacher
+    return []
 
 
 def _nested(annotation: object) -> bool:

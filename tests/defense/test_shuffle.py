@@ -184,3 +184,10 @@ def test_bn_prior_is_small_on_real_digits_and_large_on_bright_noise(teacher_and_
     assert real < 0.5 * noise
     _, logs = sv.regularizer(ev.x_clean[:64])
     assert "sv_bn" in logs
+
+
+def test_detection_flag_rates_mean_what_their_names_say(teacher_and_data) -> None:
+    teacher, ev = teacher_and_data
+    diag = ShufflingVaccine(teacher, n_layers=1, seed=1, floor=-4.0).detection_auc(ev.x_poison, ev.x_clean)
+    assert diag["auc"] > 0.95
+    assert diag["flag_rate_poison"] > 0.8 > 0.1 > diag["flag_rate_clean"]

@@ -120,3 +120,20 @@ def test_non_tensor_pt_is_refused(tmp_path: Path) -> None:
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="state dict of tensors"):
         load_state_dict(tmp_path / "list.pt")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update({"fc.weight": s["fc.weight"].to(torch.int64)}), "another dtype"),
+    (lambda s: s.update({"fc.weight": s["fc.weight"].half()}), "another dtype"),
+    (lambda s: s["fc.bias"].__setitem__(0, float("nan")), "non-finite"),
+])
+def test_weights_of_another_dtype_or_not_finite_are_refused(tmp_path: Path, change, message: str) -> None:
+    model = lenet()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    change(state)
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_weights(lenet(), tmp_path / "w.pt")
+    assert "\n" not in str(err.value)
+    if message == "another dtype":  # an explicit cast is the user's choice
+        load_weights(lenet(), tmp_path / "w.pt", allow_cast=True)

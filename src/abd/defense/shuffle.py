@@ -331,6 +331,13 @@ class ShufflingVaccine(nn.Module):
             "mean_d_clean": float((10 ** (-sc)).mean()),
             "log10_d_median_poison": float((-sp).median()),
             "log10_d_median_clean": float((-sc).median()),
-            "flag_rate_poison": float(self.flag(x_poison[:2048]).float().mean()),
-            "flag_rate_clean": float(self.flag(x_clean[:2048]).float().mean()),
+            **self._flag_rates(x_poison[:1024], x_clean[:1024]),
         }
+
+    @torch.no_grad()
+    def _flag_rates(self, x_poison: torch.Tensor, x_clean: torch.Tensor) -> dict[str, float]:
+        """Flag rates of triggered and clean inputs flagged together, in one batch of both: a batch-relative
+        threshold computed on the triggered inputs alone would call them all typical."""
+        flags = self.flag(torch.cat([x_poison, x_clean]))
+        return {"flag_rate_poison": float(flags[: len(x_poison)].float().mean()),
+                "flag_rate_clean": float(flags[len(x_poison):].float().mean())}

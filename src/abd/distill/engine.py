@@ -176,7 +176,10 @@ class Distiller:
         else:
             loss = per.mean()
         self.opt.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {"loss_s": float(loss.detach())}
+        # the share of the KD batch on its most frequent teacher answer: 1.0 means the student is taught one
+        # class (an image-wide trigger's synthetic batches did this); curve.jsonl keeps it
+        share = float(torch.bincount(t_logits.argmax(1)).max()) / len(t_logits)
+        logs: dict[str, float] = {"loss_s": float(loss.detach()), "kd_max_share": share}
         if sr_phase and self.sr is not None:
             t0 = time.perf_counter()
             loss = loss + self.sr.step(x, t_raw, target=t_logits)

@@ -62,8 +62,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights into `model`, failing with the mismatching keys/shapes spelled out."""
+def load_weights(model: nn.Module, path: str | Path, allow_cast: bool = False) -> nn.Module:
+    """Load weights into `model`, failing in one line on mismatching keys or shapes, on another dtype than
+    the model's (unless `allow_cast`) and on non-finite values."""
     state = load_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -71,14 +72,21 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        lines = [f"{path} does not fit {type(model).__name__}:"]
+        parts = []
         if wrong:
-            lines.append("  shape mismatch: " + "; ".join(wrong[:5]))
+            parts.append("shape mismatch: " + "; ".join(wrong[:5]))
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:5])}")
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:5])}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
-        raise CheckpointError("\n".join(lines))
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + " | ".join(parts))
+    dtype = [f"{k}: {state[k].dtype} (model: {own[k].dtype})" for k in own if state[k].dtype != own[k].dtype]
+    if dtype and not allow_cast:
+        raise CheckpointError(f"{path} holds weights of another dtype ({'; '.join(dtype[:3])}): a silent cast "
+                              "changes the model (convert the file, or load_weights(..., allow_cast=True))")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}")
     model.load_state_dict(state)
     return model
 

@@ -1,4 +1,4 @@
-"""``abd table``: the paper's Table 1 (SPEC 7.1) in our setting, over held-out seeds.
+"""``abd table``: the paper's Table 1 in our setting, over held-out seeds.
 
 For every seed and trigger (plus a clean teacher, ``none``): a teacher, clean KD, and each KD method vanilla
 and with ABD; for ``paper_triggers`` also ZSKT vanilla and ZSKT+ABD with the method's paper preset (at the
@@ -39,7 +39,7 @@ ROW_DEFENSES = ("none", "abd")  # what the table shows (SV runs may run as paren
 
 @cache
 def load_paper_table() -> dict[str, Any]:
-    """The paper's table (SPEC 7.1, packaged as ``paper_table.json``): ``source``, ``paper_names`` and
+    """The paper's table (packaged as ``paper_table.json``): ``source``, ``paper_names`` and
     ``rows``: our trigger name -> {teacher, zskt, zskt+abd, clean_kd} -> {acc, asr} in %."""
     return json.loads(resources.files("abd.experiment").joinpath("paper_table.json").read_text())
 
@@ -417,7 +417,7 @@ def markdown(results: dict[str, Any]) -> str:
     preset_triggers = [t for t in triggers if (t, PAPER_METHOD, "none", "paper") in by]
     if preset_triggers:
         lines += ["", "## paper preset", "",
-                  f"ZSKT with its paper preset (generator, width, batch, kd_steps, at_beta; SPEC 4.1) at the CPU "
+                  f"ZSKT with its paper preset (the published ZSKT generator, width, batch, kd_steps, at_beta), SV and SR at the CPU "
                   f"rows' rounds ({cfg_rounds(cfg, PAPER_METHOD)}), vanilla and ABD; the CPU rows and the paper "
                   "beside them.", "",
                   "| trigger | zskt@paper | zskt+ABD@paper | DER | zskt (cpu) | zskt+ABD (cpu) | paper ZSKT | "
