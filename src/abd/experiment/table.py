@@ -417,8 +417,8 @@ def markdown(results: dict[str, Any]) -> str:
     preset_triggers = [t for t in triggers if (t, PAPER_METHOD, "none", "paper") in by]
     if preset_triggers:
         lines += ["", "## paper preset", "",
-                  f"ZSKT with its paper preset (the published ZSKT generator, width, batch, kd_steps, at_beta), SV and SR at the CPU "
-                  f"rows' rounds ({cfg_rounds(cfg, PAPER_METHOD)}), vanilla and ABD; the CPU rows and the paper "
+                  "ZSKT with its paper preset (the published ZSKT generator, width, batch, kd_steps, at_beta; "
+                  f"the paper's SV and SR) at the CPU rows' rounds ({cfg_rounds(cfg, PAPER_METHOD)}), vanilla and ABD; the CPU rows and the paper "
                   "beside them.", "",
                   "| trigger | zskt@paper | zskt+ABD@paper | DER | zskt (cpu) | zskt+ABD (cpu) | paper ZSKT | "
                   "paper ZSKT+ABD |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
