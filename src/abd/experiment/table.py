@@ -418,8 +418,8 @@ def markdown(results: dict[str, Any]) -> str:
     if preset_triggers:
         lines += ["", "## paper preset", "",
                   "ZSKT with its paper preset (the published ZSKT generator, width, batch, kd_steps, at_beta; "
-                  f"the paper's SV and SR) at the CPU rows' rounds ({cfg_rounds(cfg, PAPER_METHOD)}), vanilla and ABD; the CPU rows and the paper "
-                  "beside them.", "",
+                  f"the paper's SV and SR) at the CPU rows' rounds ({cfg_rounds(cfg, PAPER_METHOD)}), vanilla and "
+                  "ABD; the CPU rows and the paper beside them.", "",
                   "| trigger | zskt@paper | zskt+ABD@paper | DER | zskt (cpu) | zskt+ABD (cpu) | paper ZSKT | "
                   "paper ZSKT+ABD |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for t in preset_triggers:
