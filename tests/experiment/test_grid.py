@@ -27,6 +27,8 @@ def test_grid_runs_every_cell_and_branches_sr_runs(tmp_path) -> None:
     md = (tmp_path / "grid.md").read_text()
     assert res["protocol"]["heldout_seeds"] == [0] and res["protocol"]["development_seeds"] == [100, 101, 102]
     assert "runs seeds [0] (held-out)" in md
+    collapsed = [k for k, v in res["rows"].items() if k != "teacher" and v.get("acc", 1) < 0.15]
+    assert collapsed and "- collapsed: [seed 0]" in md  # 4 rounds: one-class students, and the table says so
     assert "| zskt+abd |" in md and "| dafl+none |" in md and "+sv |" not in md
     assert (tmp_path / "grid.png").stat().st_size > 0
 

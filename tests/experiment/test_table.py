@@ -187,3 +187,12 @@ def test_protocol_names_development_and_held_out_seeds() -> None:
     assert protocol([100, 101])["text"].endswith("(development)") and protocol([100, 101])["heldout_seeds"] == []
     mixed = protocol([99, 100])
     assert mixed["heldout_seeds"] == [99] and "development seeds [100] among them" in mixed["text"]
+
+
+def test_collapse_lines_name_every_collapsed_run_and_only_those() -> None:
+    from abd.experiment.report import collapse_lines
+
+    runs = {"zskt+none": [{"collapsed": True, "pred_max_class": 0, "pred_max_share": 1.0}, {"collapsed": False}],
+            "zskt+abd": [{"collapsed": False}, {"collapsed": False}]}
+    lines = collapse_lines(runs, [0, 1])
+    assert lines == ["- collapsed: [seed 0] zskt+none answers class 0 on 100 % of the clean test set"]

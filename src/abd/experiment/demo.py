@@ -21,6 +21,7 @@ from abd.distill.engine import BRANCH_PARENT
 from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import (
     aggregate,
+    collapse_lines,
     markdown_table,
     plot_curves,
     plot_sample_grids,
@@ -91,13 +92,16 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
                  for s, v in zip(per_arm["zskt+sv"], per_arm["zskt"])]
         arms["zskt+sv"].update(aggregate([{"time_ratio_vs_vanilla": r} for r in ratio], ["time_ratio_vs_vanilla"]))
     results = {"config": cfg.model_dump(mode="json"), "arms": arms, "protocol": proto,
-               "wall_seconds": time.perf_counter() - t_start}
+               "wall_seconds": time.perf_counter() - t_start,
+               "collapse_warnings": collapse_lines(per_arm, list(range(cfg.seeds)))}
     write_json(out / "results.json", results)
     columns = [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
                ("seconds", "seconds", "s")]
     table = markdown_table(arms, columns)
     note = (f"\n{cfg.seeds} seed(s); ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
             f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n\n{proto['text']}\n")
+    collapsed = results["collapse_warnings"]
+    note += "".join(f"\n{line}" for line in collapsed) + ("\n" if collapsed else "")
     (out / "results.md").write_text(f"# abd demo: {cfg.trigger} teacher on {cfg.dataset}\n\n{table}{note}")
     _figures(cfg, out)
     return results

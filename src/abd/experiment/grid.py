@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from abd.experiment.distill_config import StudyConfig
-from abd.experiment.report import aggregate, markdown_table, protocol
+from abd.experiment.report import aggregate, collapse_lines, markdown_table, protocol
 from abd.utils import write_json
 
 Defense = Literal["none", "sv", "sr", "abd"]
@@ -89,6 +89,8 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     note = (f"\n{cfg.seeds} seed(s), {cfg.trigger} {cfg.teacher_model} teacher on {cfg.dataset} -> "
             f"{cfg.student}; ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
             f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n\n{proto['text']}\n")
+    collapsed = collapse_lines(runs, list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)))
+    note += "".join(f"\n{line}" for line in collapsed) + ("\n" if collapsed else "")
     (out / "grid.md").write_text(f"# abd grid\n\n{markdown_table(shown, columns)}{note}")
     plot_grid(shown, cfg.methods, [d for d in cfg.defenses if d != "none"], out / "grid.png")
     return results

@@ -146,3 +146,15 @@ def protocol(seeds: list[int], development_seeds: tuple[int, ...] | list[int] = 
         f"development seeds {overlap} among them"
     return {"development_seeds": dev, "heldout_seeds": [s for s in seeds if s not in dev], "seeds": list(seeds),
             "text": f"protocol: defaults chosen on development seeds {dev}; {what} runs seeds {list(seeds)} ({kind})"}
+
+
+def collapse_lines(runs: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+    """One line per collapsed run (``collapsed`` in its metrics): ``runs`` maps a row name to its per-seed
+    metrics, in the order of `seeds`."""
+    out = []
+    for name, per_seed in runs.items():
+        for seed, m in zip(seeds, per_seed):
+            if m.get("collapsed"):
+                out.append(f"- collapsed: [seed {seed}] {name} answers class {m.get('pred_max_class')} on "
+                           f"{100 * m.get('pred_max_share', 1.0):.0f} % of the clean test set")
+    return out
