@@ -62,11 +62,8 @@ def suspect_class(teacher: nn.Module, shape: tuple[int, ...], mean: tuple[float,
     x = torch.nn.functional.interpolate(torch.rand(n, c, 7, 7, generator=g), size=(h, w), mode="bilinear",
                                         align_corners=False)
     m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    device = next(teacher.parameters()).device
-    was = teacher.training
-    teacher.eval()
-    pred = teacher(((x - m) / s).to(device)).argmax(1).cpu()
-    teacher.train(was)
+    with frozen(teacher):
+        pred = teacher(((x - m) / s).to(next(teacher.parameters()).device)).argmax(1).cpu()
     counts = torch.bincount(pred)
     return int(counts.argmax()), float(counts.max()) / n
 

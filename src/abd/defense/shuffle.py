@@ -261,6 +261,7 @@ class ShufflingVaccine(nn.Module):
         """DeepInversion's feature-statistics distance of batch `x` to the teacher's BatchNorm running
         statistics (None for a teacher without BatchNorm): the synthetic batch is kept near the teacher's
         training distribution, in which triggered inputs are a minority."""
+        from abd.distill.synthesis import frozen
         from abd.models.hooks import bn_stat_hooks, remove_hooks
 
         try:
@@ -268,10 +269,8 @@ class ShufflingVaccine(nn.Module):
         except ValueError:
             return None
         try:
-            was = self.teacher.training
-            self.teacher.eval()
-            self.teacher(x)
-            self.teacher.train(was)
+            with frozen(self.teacher) as teacher:
+                teacher(x)
             return sum(h.r_feature for h in hooks) / len(hooks)
         finally:
             remove_hooks(hooks)

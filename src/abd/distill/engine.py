@@ -122,7 +122,6 @@ class Distiller:
             self.sr = cfg.sr.build(self.student, self.teacher, self.method.divergence, self.sv,
                                    torch.Generator().manual_seed(cfg.seed + 29), ctx.mean, ctx.std,
                                    ctx.image_size)
-
         t_names, s_names = feature_layers(self.teacher), feature_layers(self.student)
         self.use_features = self.method.uses_features and len(t_names) == len(s_names) > 0
         self.t_names, self.s_names = t_names, s_names
