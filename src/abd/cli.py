@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from abd.experiment.config import Config
+from abd.config import Config
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
@@ -43,6 +43,10 @@ def _choices(name: str, annotation: object) -> list[str]:
         from abd.distill import METHODS
 
         return sorted(METHODS.summary())
+    if name in ("defense", "defenses"):
+        from abd.defense import defense_names
+
+        return [*defense_names(), "a '+'-joined composition"]
     if name in _REGISTERED:
         from abd.experiment.config import registry_of
 
@@ -153,10 +157,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.rounds is not None:
         extra["rounds"] = args.rounds
     opts = {**cfg.method_options, **_parse_options(args.opt), **extra}
-    sv = cfg.sv.model_copy(update=_parse_options(args.sv))
-    sr = cfg.sr.model_copy(update=_parse_options(args.sr))
-    cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts,  # unset SV/SR fields: method defaults
-                           "sv": sv.model_dump(exclude_unset=True), "sr": sr.model_dump(exclude_unset=True)})
+    from abd.defense import DEFENSES
+
+    defense_opts = {k: dict(v) for k, v in cfg.defense_options.items()}
+    for name in DEFENSES.names():  # --NAME KEY=VALUE: an option of defense NAME; unset ones keep its defaults
+        given = _parse_options(getattr(args, f"defense_{name}", None))
+        if given:
+            defense_opts[name] = {**defense_opts.get(name, {}), **given}
+    cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts, "defense_options": defense_opts})
     resume = args.resume or args.resume_or_start
     if resume:  # checked before anything in the folder is written
         from abd.experiment.runs import check_resume
@@ -224,6 +232,18 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_defenses(args: argparse.Namespace) -> int:
+    from abd.defense import COMPOSITIONS, DEFENSES
+
+    for name, doc in DEFENSES.summary().items():
+        fields = ", ".join(DEFENSES.get(name).Options.model_fields)
+        print(f"{name:10s} {doc}\n{'':10s} options (--{name} KEY=VALUE): {fields or '-'}")
+    for name, parts in COMPOSITIONS.items():
+        print(f"{name:10s} the composition {parts}")
+    print("Any registered defenses join with '+' (e.g. clp+abd).")
+    return 0
+
+
 def cmd_list(kind: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from abd.experiment.config import registry_of
@@ -274,15 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--out", type=Path, required=True, help="output directory")
     di.add_argument("--rounds", type=int, default=None, help="rounds (method option)")
     di.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
-    di.add_argument("--sv", action="append", metavar="KEY=VALUE", help="Shuffling-Vaccine option")
-    di.add_argument("--sr", action="append", metavar="KEY=VALUE", help="Self-Retrospection option")
+    from abd.defense import DEFENSES
+
+    for name, doc in DEFENSES.summary().items():
+        di.add_argument(f"--{name}", dest=f"defense_{name}", action="append", metavar="KEY=VALUE",
+                        help=f"option of defense {name} ({doc.rstrip('.')}; repeatable)")
     di.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (refused when DIR holds "
                     "another run or no checkpoint; a finished run is left as it is)")
     di.add_argument("--resume-or-start", action="store_true", help="as --resume, but start the run when DIR has "
                     "no checkpoint")
     di.add_argument("--branch-from", type=Path, default=None, metavar="RUN",
-                    help="an SR run (--defense sr|abd) starts from RUN/sr_branch.pt, the state of the same "
-                         "run without SR (none|sv) at the SR start round, and runs only the SR phase")
+                    help="a run with a late-starting defense (SR with fraction < 1) starts from RUN/sr_branch.pt, "
+                         "the state of the same run without it at its start round, and runs only the rest")
     di.set_defaults(func=cmd_distill)
 
     de = sub.add_parser("demo", help="the paper's core result on embedded data (the README's main job)")
@@ -314,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("methods", help="list KD methods")
     me.set_defaults(func=cmd_methods)
+    dl = sub.add_parser("defenses", help="list defenses, their options and the named compositions")
+    dl.set_defaults(func=cmd_defenses)
 
     for command, kind in LISTS.items():
         sp = sub.add_parser(command, help=f"list registered {kind}s")

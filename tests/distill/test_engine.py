@@ -20,7 +20,7 @@ def _cfg(teacher_dir, defense: str, rounds: int = 6, **sr) -> DistillConfig:
     return DistillConfig(
         teacher=str(teacher_dir), method="zskt", defense=defense, device="cpu", eval_every=2,
         checkpoint_every=3, method_options={"rounds": rounds, "batch_size": 16, "kd_steps": 2, "gen_width": 8},
-        sv={"verify_rounds": 2, "verify_max_samples": 64}, sr={"fraction": 0.34, "inner_rounds": 2, **sr},
+        defense_options={"sv": {"verify_rounds": 2}, "sr": {"fraction": 0.34, "inner_rounds": 2, **sr}},
     )
 
 
@@ -35,7 +35,12 @@ def _assert_same_run(a_dir, b_dir, a: dict, b: dict) -> None:
         return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
                 for x in (d / "curve.jsonl").read_text().splitlines()]
 
-    assert curve(a_dir) == curve(b_dir)
+    ca, cb = curve(a_dir), curve(b_dir)
+    assert len(ca) == len(cb)
+    for ra, rb in zip(ca, cb):  # a branched run's records before the branch are its parent's, without the
+        shared = set(ra) & set(rb)  # late defense's own fields (e.g. "sr")
+        assert "round" in shared
+        assert {k: ra[k] for k in shared} == {k: rb[k] for k in shared}
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(backdoored_teacher_dir, tmp_path) -> None:
@@ -86,8 +91,8 @@ def test_same_seed_same_numbers_and_sr_phase_diverges_from_vanilla(backdoored_te
 
 
 def test_every_demo_arm_runs_and_writes_results(backdoored_teacher_dir, tmp_path) -> None:
-    cfg = DemoConfig(rounds=4, eval_every=2, device="cpu", workers=1, sv={"verify_rounds": 1, "verify_max_samples": 64},
-                     sr={"fraction": 0.5, "inner_rounds": 2})
+    cfg = DemoConfig(rounds=4, eval_every=2, device="cpu", workers=1,
+                     defense_options={"sv": {"verify_rounds": 1}, "sr": {"fraction": 0.5, "inner_rounds": 2}})
     res = run_demo(cfg, tmp_path, progress=False)
     assert set(res["arms"]) == {"teacher", *ARMS}
     for arm, m in res["arms"].items():
@@ -105,26 +110,25 @@ def test_every_demo_arm_runs_and_writes_results(backdoored_teacher_dir, tmp_path
     assert again["arms"]["zskt"]["acc"] == res["arms"]["zskt"]["acc"]
 
 
-def test_method_sv_sr_defaults_apply_unless_the_run_sets_them(backdoored_teacher_dir, tmp_path) -> None:
+def test_a_defenses_method_defaults_apply_unless_the_run_sets_them(backdoored_teacher_dir, tmp_path) -> None:
     import yaml
 
     from abd.cli import main
-    from abd.distill.dfad import DFAD
+    from abd.defense import DEFENSES
 
-    assert DFAD.sr_defaults  # DFAD overrides some SR options
+    dfad = DEFENSES.get("sr").method_defaults["dfad"]
+    assert dfad  # SR has options of its own for DFAD
     base = ["distill", "--teacher", str(backdoored_teacher_dir), "--method", "dfad", "--defense", "abd",
             "--device", "cpu", "--rounds", "2", "--opt", "batch_size=8", "--opt", "kd_steps=1",
             "--sr", "inner_rounds=1", "--eval-every", "2"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     written = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
-    for k, v in DFAD.sv_defaults.items():
-        assert written["sv"][k] == v, k
-    for k, v in DFAD.sr_defaults.items():
-        assert written["sr"][k] == v, k
-    assert written["sr"]["inner_rounds"] == 1  # the run's own option is kept beside them
+    for k, v in dfad.items():
+        assert written["defense_options"]["sr"][k] == v, k
+    assert written["defense_options"]["sr"]["inner_rounds"] == 1  # the run's own option is kept beside them
     # a value the run sets wins over the method's, and the written config repeats it
-    key, val = "clip", DFAD.sr_defaults["clip"]
+    key, val = "clip", dfad["clip"]
     other = not val
     assert main([*base, "--sr", f"{key}={str(other).lower()}", "--out", str(tmp_path / "b")]) == 0
     again = DistillConfig.load(tmp_path / "b" / "config.yaml")
-    assert getattr(again.sr, key) == other and again.resolved() == again
+    assert again.defense_options["sr"][key] == other and again.resolved() == again

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from abd.attacks.teacher import train_teacher
 from abd.data import load_dataset
+from abd.defense import DEFENSES
 from abd.distill import METHODS, KDContext, create_method
 from abd.experiment import runs
 from abd.experiment.config import TeacherConfig
@@ -34,7 +35,7 @@ TINY: dict[str, dict[str, Any]] = {
             "z_dim": 8, "head_dim": 8, "bank_size": 32, "n_neg": 8, "pool_size": 64},
     "ood": {"n_patches": 32},
 }
-ABD = {"sv": {"verify_rounds": 0}, "sr": {"fraction": 0.34, "inner_rounds": 2, "k": 2}}
+ABD = {"defense_options": {"sr": {"fraction": 0.34, "inner_rounds": 2}}}
 
 
 def tiny_options(name: str) -> dict[str, Any]:
@@ -112,14 +113,15 @@ def test_method_runs_through_engine(name: str, defense: str, teacher_dir: Path, 
         assert last["sr"] is True and "sr_start_round" in saved
 
 
-@pytest.mark.parametrize("defense", ["none", "abd"])
+@pytest.mark.parametrize("defense", ["none", *DEFENSES.names(), "abd"])
 @pytest.mark.parametrize("name", METHODS.names())
 def test_resume_is_exact(name: str, defense: str, teacher_dir: Path, tmp_path: Path) -> None:
-    """Stopping after round 2 and resuming gives the uninterrupted run's student (the method's modules,
-    optimizers and extra state round-trip through the checkpoint; with ABD also SV's copies and SR's
-    warm-started perturbation)."""
+    """Every registered defense with every method: stopping after round 2 and resuming gives the
+    uninterrupted run's student bit for bit (the method's modules, optimizers and extra state and the
+    defense's own state round-trip through the checkpoint: SV's copies, SR's warm-started perturbations)."""
     opts = {**tiny_options(name), "rounds": 4}
-    defended = {"sv": {"verify_rounds": 0}, "sr": {"inner_rounds": 2, "clean_target": True}} if defense == "abd" else {}
+    defended = {"defense_options": {"sr": {"inner_rounds": 2, "clean_target": True}}} if "sr" in \
+        DistillConfig(teacher="-", defense=defense).components else {}
 
     def cfg() -> DistillConfig:
         return DistillConfig(teacher=str(teacher_dir), method=name, method_options=opts, eval_every=100,
@@ -131,7 +133,7 @@ def test_resume_is_exact(name: str, defense: str, teacher_dir: Path, tmp_path: P
     resumed = build_distiller(cfg(), tmp_path / "cut", progress=False)
     resumed.run(resume=True)
     for (k, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+        assert torch.equal(a, b), k
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -197,17 +199,18 @@ def test_sr_clean_target_reaches_the_student_and_adversarial_terms(name: str, te
     what the student is taught: against the raw logits DFAD's generator collapsed the student to one class)."""
     cfg = DistillConfig(teacher=str(teacher_dir), method=name, defense="sr", method_options=tiny_options(name),
                         eval_every=100, checkpoint_every=100, device="cpu",
-                        sr={"inner_rounds": 2, "clean_target": True})
+                        defense_options={"sr": {"inner_rounds": 2, "clean_target": True}})
     dist = build_distiller(cfg, tmp_path, progress=False)
     assert dist.ctx.kd_target is None  # nothing replaced before the SR phase
-    dist._start_sr_phase()
-    assert dist.ctx.kd_target == dist.sr.clean_targets
+    sr = dist.defense.sr
+    assert dist.defense.begin_round(0) is not None
+    assert dist.ctx.kd_target == sr.clean_targets
     seen: list[tuple[bool, bool]] = []  # (inside a synthesis, gradient enabled)
     phase = {"synthesis": True}
 
     def spy(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         seen.append((phase["synthesis"], torch.is_grad_enabled()))
-        return dist.sr.clean_targets(x, t)
+        return sr.clean_targets(x, t)
 
     dist.ctx.kd_target = spy
     dist.method.synthesize(None)
@@ -215,8 +218,8 @@ def test_sr_clean_target_reaches_the_student_and_adversarial_terms(name: str, te
     assert any(s for s, _ in seen) == adversarial
     assert all(g for s, g in seen if s)  # the synthesizer's gradient flows through the target
     phase["synthesis"] = False
-    dist.sr.last_delta = torch.zeros(1, dist.ctx.channels, dist.ctx.image_size, dist.ctx.image_size)
-    logs = dist._student_step(dist.method.sample(), sr_phase=True)
+    sr.last_delta = torch.zeros(1, dist.ctx.channels, dist.ctx.image_size, dist.ctx.image_size)
+    logs = dist._student_step(dist.method.sample())
     assert (False, False) in seen and math.isfinite(logs["loss_s"])
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+import pytest
 
 from abd.experiment.grid import GridConfig, run_grid
 
 
 def test_grid_runs_every_cell_and_branches_sr_runs(tmp_path) -> None:
     cfg = GridConfig(seeds=1, methods=["zskt", "dafl"], defenses=["none", "abd"], rounds={"zskt": 4, "dafl": 4},
-                     eval_every=2, device="cpu", sv={"verify_rounds": 1, "verify_max_samples": 64},
-                     sr={"fraction": 0.5, "inner_rounds": 2})
+                     eval_every=2, device="cpu", defense_options={"sv": {"verify_rounds": 1},
+                                                                      "sr": {"fraction": 0.5, "inner_rounds": 2}})
     res = run_grid(cfg, tmp_path, progress=False)
     # the ABD runs needed their SV parents, which ran too
     assert set(res["rows"]) == {"teacher", *(f"{m}+{d}" for m in ("zskt", "dafl") for d in ("none", "sv", "abd"))}
@@ -53,7 +54,7 @@ def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(back
     monkeypatch.setattr(runs, "build_distiller", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert runs.run_or_reuse(cfg, tmp_path / "run", progress=False) == first and not calls  # reused
     # options of a defense the run does not use do not make it another run
-    other_sr = cfg.model_copy(update={"sr": cfg.sr.model_copy(update={"inner_rounds": 7})})
+    other_sr = cfg.model_copy(update={"defense_options": {"sr": {"inner_rounds": 7}}})
     assert runs.run_or_reuse(other_sr, tmp_path / "run", progress=False) == first and not calls
     with_sr = other_sr.model_copy(update={"defense": "sr"})
     assert not runs.same_config(tmp_path / "run", with_sr.resolved().to_yaml())
@@ -102,31 +103,36 @@ def test_a_study_reuses_its_trained_teacher(tmp_path, monkeypatch) -> None:
     assert runs.ensure_teacher(tcfg, tmp_path / "teacher") == first
 
 
-def test_a_config_written_before_an_option_existed_matches_its_field_default(tmp_path) -> None:
-    """An SR option added later (absent from an old config.yaml) reads as its field default: the old run is
-    reused unless the new config sets the option to something else (e.g. a method's new sr_defaults)."""
+def test_a_config_written_before_defenses_were_plug_ins_reads_as_the_same_run(tmp_path) -> None:
+    """A config.yaml of the previous form (top-level sv/sr, with options since removed at the values the code
+    now fixes) is the same run; a removed option at another value is refused by name, never reread silently."""
     import yaml
+    from pydantic import ValidationError
 
-    from abd.distill import METHODS
     from abd.experiment import runs
     from abd.experiment.distill_config import DistillConfig
 
-    def old_run(method: str) -> tuple[DistillConfig, Path]:
-        cfg = DistillConfig(teacher=str(tmp_path / "t"), method=method, defense="abd", device="cpu")
-        old = yaml.safe_load(cfg.resolved().to_yaml())
-        del old["sr"]["clean_target"], old["sr"]["clean_dilate"]  # as written before these options existed
-        (tmp_path / method).mkdir()
-        (tmp_path / method / "config.yaml").write_text(yaml.safe_dump(old))
-        return cfg, tmp_path / method
-
-    assert "clean_target" not in METHODS.get("dafl").sr_defaults
-    cfg, run = old_run("dafl")
-    assert runs.same_config(run, cfg.resolved().to_yaml())
-    changed = cfg.model_copy(update={"sr": cfg.sr.model_copy(update={"clean_target": True})})
-    assert not runs.same_config(run, changed.resolved().to_yaml())
-    assert METHODS.get("zskt").sr_defaults.get("clean_target") is True  # its default differs from the field's
-    cfg, run = old_run("zskt")
-    assert not runs.same_config(run, cfg.resolved().to_yaml())
+    cfg = DistillConfig(teacher=str(tmp_path / "t"), method="zskt", defense="abd", device="cpu")
+    new = yaml.safe_load(cfg.resolved().to_yaml())
+    old = {k: v for k, v in new.items() if k != "defense_options"}
+    sv = {k: v for k, v in new["defense_options"]["sv"].items() if k != "variant"}
+    old["sv"] = {**sv, "n_copies": 3, "kinds": ["conv"], "mask": "tail", "robust": True, "penalty": "log",
+                 "margin": 2.0, "verify_max_samples": 4096, "tail_std": 3.0, "tail_ratio": 0.02, "max_trials": 8,
+                 "shuffle_grad": True}
+    old["sr"] = {**new["defense_options"]["sr"], "inner_step": 0.1, "k": 5, "out_portion": 0.1,
+                 "pert_model": "teacher", "radius": 10.0, "warm_start": True, "reuse_delta": True, "divergence": "kl",
+                 "objective": "divergence", "mix_portion": 1.0, "max_abs": None, "targeted": True,
+                 "clean_dilate": 2, "vaccine_weight": 0.0}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
+    old["sr"]["objective"] = "flip"  # a measured dead end, removed
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert not runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
+    with pytest.raises(ValidationError, match="objective='flip' was removed"):
+        DistillConfig.model_validate(old)
+    # the options of a defense the run does not use are not read at all
+    assert DistillConfig.model_validate({**old, "defense": "none"}).resolved().defense_options == {}
 
 
 def test_where_a_run_ran_is_no_part_of_its_identity(tmp_path) -> None:

@@ -16,7 +16,7 @@ from abd.metrics import COLLAPSE_SHARE, EvalData, collapse_stats, der, evaluate
 
 TINY = {"seeds": 1, "triggers": ["badnet_grid", "blend"], "methods": ["zskt"], "paper_triggers": ["badnet_grid"],
         "rounds": {"zskt": 1, "clean": 2}, "teacher_epochs": 1, "eval_every": 2, "device": "cpu", "workers": 1,
-        "sr": {"inner_rounds": 2}}
+        "defense_options": {"sr": {"inner_rounds": 2}}}
 ROW_KEYS = {"trigger", "method", "defense", "preset", "seeds", "acc", "asr", "acc_std", "asr_std", "acc_per_seed",
             "asr_per_seed", "target_acc", "target_acc_per_seed", "collapsed_per_seed", "der", "paper"}
 

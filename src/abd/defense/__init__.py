@@ -1,12 +1,13 @@
-"""Defenses: the Shuffling Vaccine, Self-Retrospection and implicit hypergradients.
+"""Defenses, registered by name (``abd defenses`` lists them), and their plug-ins.
 
-Both plug-ins attach to any KD loop in a few lines (this example runs as a test):
+Every defense implements :class:`Defense` (see :mod:`abd.defense.base`); ``--defense`` takes a registered
+name or a ``+``-joined composition (``abd`` is ``sv+sr``). The Shuffling Vaccine and Self-Retrospection
+also attach to any KD loop of one's own in a few lines (this example runs as a test):
 
 >>> import torch
 >>> from abd.models import create_model, create_generator
 >>> from abd.defense import ShufflingVaccine, SelfRetrospection
 >>> from abd.distill.losses import kl_mean
->>> from abd.experiment.distill_config import SROptions
 >>> _ = torch.manual_seed(0)
 >>> teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
 >>> student = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28)
@@ -14,7 +15,7 @@ Both plug-ins attach to any KD loop in a few lines (this example runs as a test)
 >>> opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
 >>> opt_s = torch.optim.Adam(student.parameters(), lr=2e-3)
 >>> sv = ShufflingVaccine(teacher)                 # shuffled-teacher ensemble
->>> sr = SROptions().build(student, teacher)       # trigger synthesis + unlearning, tuned defaults
+>>> sr = SelfRetrospection(student, teacher)      # trigger synthesis + unlearning, tuned defaults
 >>> for step in range(4):
 ...     x = gen(torch.randn(16, 16))
 ...     loss_g = -kl_mean(teacher(x), student(x)) + sv.penalty(x)   # SV: a term on the synthesis loss
@@ -32,15 +33,39 @@ The paper's SR (``SelfRetrospection(student, teacher, mode="hypergrad")``) runs 
 training; its ``step`` adds the unlearning hypergradient to the student's ``.grad`` and returns zero.
 """
 
+from abd.defense.base import (
+    COMPOSITIONS,
+    DEFENSES,
+    Defense,
+    Phase,
+    branch_parent,
+    components,
+    create_defense,
+    defense_names,
+    register_defense,
+)
 from abd.defense.hypergrad import fixed_point_hypergrad
-from abd.defense.retrospect import SelfRetrospection, frozen_bn_stats
-from abd.defense.shuffle import ShufflingVaccine, VaccineReport, shufflable_layers
+from abd.defense.retrospect import SelfRetrospection, SROptions, frozen_bn_stats, suspect_class
+from abd.defense.shuffle import ShufflingVaccine, SVOptions, VaccineReport, build_vaccine, shufflable_layers
 
 __all__ = [
+    "COMPOSITIONS",
+    "DEFENSES",
+    "Defense",
+    "Phase",
+    "SROptions",
+    "SVOptions",
     "SelfRetrospection",
     "ShufflingVaccine",
     "VaccineReport",
+    "branch_parent",
+    "build_vaccine",
+    "components",
+    "create_defense",
+    "defense_names",
     "fixed_point_hypergrad",
     "frozen_bn_stats",
+    "register_defense",
     "shufflable_layers",
+    "suspect_class",
 ]

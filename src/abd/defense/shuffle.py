@@ -12,10 +12,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
+from abd.config import Config
+from abd.defense.base import Defense, register_defense
 from abd.distill.losses import class_balance, kl_elementwise
 
 
@@ -340,3 +344,123 @@ class ShufflingVaccine(nn.Module):
         flags = self.flag(torch.cat([x_poison, x_clean]))
         return {"flag_rate_poison": float(flags[: len(x_poison)].float().mean()),
                 "flag_rate_clean": float(flags[len(x_poison):].float().mean())}
+
+
+class SVOptions(Config):
+    """Shuffling Vaccine options. ``variant: tail`` is this package's form, ``paper`` the published one
+    (Hong et al. ICML 2023, Sec. 4.1; docs/defenses.md has the table); the other fields serve ``tail``."""
+
+    variant: Literal["tail", "paper"] = Field(
+        "tail", description="tail: flag inputs whose log10 d lies in the robust (median/MAD) low tail and at least "
+        "2 decades below the batch median, repel by log10 d; paper: flag where the shuffled copies' argmax equals "
+        "the teacher's, repel by d")
+    coef: float = Field(0.1, ge=0, description="lambda, weight of the SV term (paper: 0.1)")
+    n_layers: int = Field(1, description="shuffle the last n shufflable layers (negative: the first |n|; "
+                          "paper: 5, WRN-16-2's last group; a LeNet-5 has one multi-channel conv)")
+    verify_rounds: int = Field(0, ge=0, description="collect this many rounds' samples, then switch SV on only if "
+                               "they show a low-divergence tail (paper: 50; 0: on from the start)")
+    floor: float | None = Field(-4.0, description="tail: also flag every input whose log10 divergence is below "
+                                "this absolute value (an all-trigger-like batch has no low tail of its own)")
+    balance: float = Field(1.0, ge=0, description="weight of a class-balance term (DAFL's information entropy) on "
+                           "the teacher's answers over each synthetic batch (0: off)")
+    bn_prior: float = Field(1.0, ge=0, description="weight of DeepInversion's distance of each synthetic batch's "
+                            "feature statistics to the teacher's BatchNorm running statistics (0: off)")
+
+
+TAIL_MARGIN = 2.0  # decades below the batch median (the tail threshold alone flagged ordinary samples and
+# cost the demo student 4-12 points of ACC)
+
+
+def build_vaccine(teacher: nn.Module, opts: SVOptions, seed: int = 0) -> ShufflingVaccine:
+    """The :class:`ShufflingVaccine` that `opts` describe."""
+    paper = opts.variant == "paper"
+    return ShufflingVaccine(
+        teacher, n_layers=opts.n_layers, coef=opts.coef, mask="argmax" if paper else "tail", robust=not paper,
+        penalty="d" if paper else "log", margin=0.0 if paper else TAIL_MARGIN,
+        floor=None if paper else opts.floor, balance=opts.balance, bn_prior=opts.bn_prior, seed=seed,
+    )
+
+
+@register_defense("sv")
+class ShufflingVaccineDefense(Defense):
+    """Shuffling Vaccine: synthesis steered away from inputs the channel-shuffled teachers agree on."""
+
+    Options = SVOptions
+    order = 20
+    paper = {"variant": "paper", "coef": 0.1, "n_layers": 5, "verify_rounds": 50, "floor": None, "balance": 0.0,
+             "bn_prior": 0.0}
+    opts: SVOptions
+
+    def attach(self, method: Any) -> None:
+        self.synthetic = method.sv_target == "synthesis"
+        self.sv = build_vaccine(self.ctx.teacher, self.opts, seed=self.seed + 17).to(self.ctx.device)
+        self.verify_rounds = self.opts.verify_rounds
+        self.pending = self.verify_rounds > 0
+        self.sv.enabled = not self.pending
+        self.buffer: list[torch.Tensor] = []
+        self.report: dict[str, Any] = {}
+
+    @property
+    def has_synthesis_term(self) -> bool:
+        return self.synthetic
+
+    def synthesis_term(self, x: torch.Tensor, t_logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if not self.sv.enabled:
+            return x.new_zeros(()), {}
+        r, logs = self.sv.regularizer(x, t_logits)
+        return -self.sv.coef * r, logs
+
+    def reduce_student_loss(self, per_sample, x, t_logits, cap):
+        if self.synthetic or not self.sv.enabled:
+            return None
+        return self.sv.student_loss(per_sample, x, t_logits, cap=cap())
+
+    def suspend(self) -> None:
+        self.sv.enabled = False
+
+    def observe(self, x: torch.Tensor, round_idx: int) -> list[dict[str, Any]]:
+        """Vaccine verification (``verify_rounds``): collect the first rounds' KD batches, then decide."""
+        if not self.pending:
+            return []
+        if round_idx < self.verify_rounds:
+            if sum(len(b) for b in self.buffer) < VERIFY_MAX_SAMPLES:
+                self.buffer.append(x.detach().cpu())
+            return []
+        samples = torch.cat(self.buffer)[:VERIFY_MAX_SAMPLES].to(self.ctx.device)
+        report = self.sv.verify(samples)
+        self.report = {"round": round_idx, **report.to_dict()}
+        self.pending, self.buffer = False, []
+        msg = (f"SV verification at round {round_idx}: tail ratios {[round(t, 4) for t in report.trials]} "
+               f"-> SV {'ON' if report.active else 'OFF (no low-divergence tail found)'}")
+        return [{"event": "sv_verification", **self.report, "message": msg}]
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"sv_on": bool(self.sv.enabled)}
+
+    def diagnose(self, eval_data: Any) -> dict[str, Any]:
+        if eval_data.x_poison is None:
+            return {}
+        dev = self.ctx.device
+        return {"sv_detection": self.sv.detection_auc(eval_data.x_poison.to(dev), eval_data.x_clean.to(dev))}
+
+    def metrics(self) -> dict[str, Any]:
+        return {"sv_verification": self.report} if self.report else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"copies": self.sv.copies.state_dict(), "enabled": self.sv.enabled, "pending": self.pending,
+                "rng": self.sv.rng.get_state(), "buffer": list(self.buffer), "report": repr(self.report),
+                "threshold": self.sv.threshold if self.sv.threshold is not None else float("nan")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import ast
+
+        self.sv.copies.load_state_dict(state["copies"])
+        self.sv.enabled, self.pending = state["enabled"], state["pending"]
+        self.sv.rng.set_state(state["rng"])
+        self.buffer = list(state["buffer"])
+        self.report = ast.literal_eval(state["report"])
+        t = state["threshold"]
+        self.sv.threshold = None if t != t else t
+
+
+VERIFY_MAX_SAMPLES = 4096  # synthetic samples vaccine verification looks at

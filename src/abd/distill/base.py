@@ -2,7 +2,7 @@
 
 A method is a *synthesizer* (``synthesize()`` crafts or updates the source of samples, ``sample()`` yields
 the next KD batch, in normalized model-input space) plus the student loss. Defenses attach through two
-seams the engine owns: a term on the synthesis loss (SV) and the student's optimizer step (SR).
+seams the engine owns: a term on the synthesis loss and the student's step (see :mod:`abd.defense.base`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from abd.config import Config
 from abd.data.base import ImageDataset
 from abd.distill.losses import kl_mean
-from abd.experiment.config import Config
 from abd.registry import Registry
 
 METHODS: Registry[type[KDMethod]] = Registry("KD method")
@@ -71,17 +71,14 @@ SynthesisHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[
 class KDMethod:
     """Base class of KD methods: override ``synthesize``, ``sample`` and, if needed, ``student_loss``.
 
-    ``sv_target`` says where the Shuffling Vaccine attaches: "synthesis" (a term on the synthesis loss)
-    or "student" (the OOD form on the student loss, for methods with fixed data). ``sv_defaults`` and
-    ``sr_defaults`` are the Shuffling-Vaccine and Self-Retrospection options this method uses unless the
-    run sets them (e.g. DFAD's L1 unlearning criterion, ``{"unlearn": "method"}``).
+    ``sv_target`` says where a defense's synthesis term attaches: "synthesis" (the synthesis loss) or
+    "student" (the student loss, for methods on fixed data such as OOD). A defense's options for a method
+    are the defense's own (``Defense.method_defaults``).
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     sv_target: ClassVar[Literal["synthesis", "student"]] = "synthesis"
-    sv_defaults: ClassVar[dict[str, Any]] = {}  # SVOptions fields, unless the run sets them
-    sr_defaults: ClassVar[dict[str, Any]] = {}  # SROptions fields, unless the run sets them
     paper_preset: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, opts: MethodOptions, ctx: KDContext) -> None:

@@ -51,10 +51,6 @@ class DeepInversion(PoolSampler, TemperedKL, KDMethod):
     """DeepInversion: optimize pixels to match the teacher's BN statistics; KD from an image pool."""
 
     Options = DeepInvOptions
-    # Synthesized images that carry the trigger stay in the pool; clean_target takes the target class off
-    # their KD targets (measured, seeds 0-2 ACC / ASR %: 90.2/1.8, 89.6/15.2, 88.9/0.9 without it;
-    # 92.7/1.0, 93.4/1.6, 91.4/0.0 with it).
-    sr_defaults = {"clean_target": True}
     paper_preset = {
         "rounds": 200, "batch_size": 256, "kd_steps": 400, "optimizer": "sgd", "lr": 0.1,
         "weight_decay": 1e-4, "temperature": 20.0, "synth_batch": 256, "g_steps": 1000,

@@ -33,14 +33,6 @@ class DFAD(GeneratorMethod):
     """DFAD: an adversarial generator on the L1 logit discrepancy; L1 student (Fang et al. 2019)."""
 
     Options = DFADOptions
-    # An L1 student loss has a gradient of constant size; a KL unlearning term, vanishing near agreement,
-    # was outweighed (measured: ABD raised DFAD's ASR 93.0 -> 96.2 on seed 0). With SR's support bound, an
-    # unclipped perturbation of 16 pixels at several times the pixel range made the adversarial generator
-    # collapse onto three classes (seed 2: 22.8 % ACC); keeping x + delta a valid image avoids it.
-    # SR's perturbation lands on the trigger's corner, but the generator keeps producing the trigger and the
-    # L1 term re-taught it (mean ASR 60 % over 3 seeds); clean_target takes the target class off those
-    # samples' targets, in the student loss and in the generator's adversarial term.
-    sr_defaults = {"unlearn": "method", "clip": True, "clean_target": True}
     paper_preset = {
         "rounds": 200 * (400 // 5), "batch_size": 256, "kd_steps": 5, "gen_steps": 1, "optimizer": "sgd",
         "lr": 0.1, "weight_decay": 1e-4, "lr_g": 1e-3, "lr_g_cosine": False,

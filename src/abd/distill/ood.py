@@ -180,9 +180,6 @@ class OODKD(KDMethod):
 
     Options = OODOptions
     sv_target = "student"
-    # Measured, 3 seeds (ACC / ASR %): ABD 93.3/1.1, 81.1/3.1, 86.9/3.6 without clean_target (seed 2's
-    # vanilla ASR is 3.1, so ABD raised it; seed 1 lost 6.1 points), 93.0/0.8, 82.9/1.9, 89.9/2.0 with it.
-    sr_defaults = {"clean_target": True}
     paper_preset = {
         "rounds": 300 * (50000 // 512), "batch_size": 512, "lr": 1e-3, "temperature": 8.0, "n_patches": 50000,
         "flip": True, "crop_padding": 4, "cutmix_beta": 0.25, "cutmix_p": 1.0, "balance_pool": 1,

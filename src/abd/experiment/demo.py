@@ -17,7 +17,6 @@ from pydantic import Field
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from abd.distill.engine import BRANCH_PARENT
 from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import (
     aggregate,
@@ -47,10 +46,10 @@ class DemoConfig(StudyConfig):
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
 
 
-def _parent_arm(arm: str) -> str:
-    """The arm an SR arm branches from: same method, the defense without SR (SPEC 6.1)."""
-    method, defense = ARMS[arm]
-    return next(a for a, md in ARMS.items() if md == (method, BRANCH_PARENT[defense]))
+def _parent_arm(arm: str, parent: str) -> str:
+    """The arm a late-starting defense's arm branches from: same method, the defense `parent`."""
+    method, _ = ARMS[arm]
+    return next(a for a, md in ARMS.items() if md == (method, parent))
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -76,7 +75,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
         for arm in cfg.arms:
             method, defense = ARMS[arm]
             dcfg = cfg.distill_config(str(tdir), method, defense, seed, {"rounds": cfg.rounds})
-            parent = out / f"seed{seed}" / _parent_arm(arm) if defense in BRANCH_PARENT else None
+            bp = dcfg.branch_parent
+            parent = out / f"seed{seed}" / _parent_arm(arm, bp) if bp is not None else None
             jobs.append(Job(dcfg, out / f"seed{seed}" / arm, parent, f"[seed {seed}] {arm}"))
     metrics = run_jobs(jobs, cfg.workers, progress)
     per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}

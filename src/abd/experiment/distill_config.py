@@ -2,214 +2,98 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from abd.experiment.config import Config, TeacherConfig, _check_registered
+from abd.config import Config
+from abd.defense import SROptions, SVOptions  # noqa: F401  (re-exported: the options of the two plug-ins)
+from abd.experiment.config import TeacherConfig, _check_registered
 
-C = TypeVar("C", bound=Config)
-
-
-class SVOptions(Config):
-    """Shuffling Vaccine (SPEC 5). Defaults fit the LeNet teachers (the paper's n_layers=5 suits WRN-16-2)."""
-
-    coef: float = Field(0.1, ge=0, description="lambda, weight of the SV term")
-    n_copies: int = Field(3, ge=1)
-    n_layers: int = Field(1, description="shuffle the last n shufflable layers (negative: the first |n|)")
-    kinds: list[Literal["conv", "linear"]] = ["conv"]
-    verify_rounds: int = Field(0, ge=0, description="collect samples for this many rounds, then verify "
-                               "(0: SV on from the start, no verification, as in the paper's CIFAR-10 ZSKT runs; "
-                               "on mnist5k the test passed a clean teacher and failed a backdoored one)")
-    verify_max_samples: int = Field(4096, ge=16)
-    tail_std: float = Field(3.0, gt=0)
-    tail_ratio: float = Field(0.02, ge=0, lt=1)
-    max_trials: int = Field(8, ge=1)
-    shuffle_grad: bool = True
-    robust: bool = Field(True, description="median/MAD tail statistics (paper: mean/std)")
-    mask: Literal["argmax", "tail"] = Field("tail", description="suspicion mask (see ShufflingVaccine)")
-    margin: float = Field(2.0, ge=0, description="flag only inputs this many decades of divergence below the "
-                          "median synthetic sample (0: the tail threshold alone)")
-    penalty: Literal["d", "log"] = Field("log", description="repel flagged synthetic inputs by d (paper) or log10 d")
-    floor: float | None = Field(-4.0, description="also flag every input whose log10 divergence is below this "
-                                "absolute value, whatever its batch (None: relative to the batch alone, which "
-                                "flags nothing when the whole synthetic batch is trigger-like)")
-    balance: float = Field(1.0, ge=0, description="weight of a class-balance term (DAFL's information entropy) on "
-                           "the teacher's answers over each synthetic batch: a synthesizer drawn to one class "
-                           "(a backdoor's target, for an image-wide trigger) is pushed to the others (0: off)")
-    bn_prior: float = Field(1.0, ge=0, description="weight of the distance between each synthetic batch's feature "
-                            "statistics and the teacher's BatchNorm running statistics (DeepInversion's prior)")
-
-    def build(self, teacher: Any, seed: int = 0) -> Any:
-        """The :class:`~abd.defense.ShufflingVaccine` these options describe (on from the start; the engine
-        switches it off while verification is pending)."""
-        from abd.defense import ShufflingVaccine
-
-        return ShufflingVaccine(
-            teacher, n_copies=self.n_copies, n_layers=self.n_layers, kinds=tuple(self.kinds), coef=self.coef,
-            tail_std=self.tail_std, tail_ratio=self.tail_ratio, max_trials=self.max_trials,
-            shuffle_grad=self.shuffle_grad, mask=self.mask, robust=self.robust, penalty=self.penalty,
-            margin=self.margin, floor=self.floor, balance=self.balance, bn_prior=self.bn_prior, seed=seed,
-        )
+# Options of the Shuffling Vaccine and Self-Retrospection that were removed (measured dead ends, or fixed at
+# the one value every default and the paper use). A config that names one is read when its value is the one
+# the code now fixes and refused otherwise, so that an old run never silently changes meaning.
+_FIXED_SV = {"n_copies": 3, "kinds": ["conv"], "verify_max_samples": 4096, "tail_std": 3.0, "tail_ratio": 0.02,
+             "max_trials": 8, "shuffle_grad": True}
+_SV_VARIANTS = {"tail": {"mask": "tail", "robust": True, "penalty": "log", "margin": 2.0},
+                "paper": {"mask": "argmax", "robust": False, "penalty": "d", "margin": 0.0}}
+_FIXED_SR = {"inner_step": 0.1, "k": 5, "pert_model": "teacher", "objective": "divergence", "mix_portion": 1.0,
+             "max_abs": None, "clean_dilate": 2, "vaccine_weight": 0.0}
+_SR_BY_MODE = {"consistency": {"warm_start": True, "reuse_delta": True, "divergence": "kl", "targeted": True},
+               "hypergrad": {"warm_start": False, "reuse_delta": False, "divergence": "method", "out_portion": 0.02}}
+_SR_IGNORED = {"consistency": {"out_portion", "radius"}, "hypergrad": {"radius", "targeted"}}
 
 
-class SROptions(Config):
-    """Self-Retrospection (SPEC 6) over the final ``fraction`` of the rounds of the same run.
-
-    Defaults: the ``consistency`` mode over the whole run, which keeps the target class of the small
-    CPU students (see :mod:`abd.defense.retrospect`). The paper's protocol is ``mode: hypergrad``,
-    ``fraction: 0.05``, ``lr: 5e-4``, ``inner_rounds: 20``.
-    """
-
-    mode: Literal["hypergrad", "plain", "consistency"] = Field(
-        "consistency", description="how the synthesized trigger is unlearned (paper: hypergrad)")
-    fraction: float = Field(1.0, gt=0, le=1, description="SR runs over this final fraction of the rounds "
-                            "(paper: the last 0.5-1 % of ZSKT; 1: the whole run)")
-    lr: float | None = Field(None, gt=0, description="a separate SR phase: a new student Adam at this rate, "
-                             "cosine over the rest, SV off (paper: 5e-4); None keeps the run's optimizer "
-                             "and SV, SR adding its term to every student step")
-    inner_rounds: int = Field(4, ge=1, description="perturbation-synthesis steps per synthesis (paper: 10 "
-                              "or 20; with warm_start the perturbation keeps improving across rounds)")
-    pert_lr: float = Field(0.5, gt=0, description="perturbation Adam lr (paper: 0.1; MNIST's normalized "
-                           "range is wider, and a trigger pixel moves by ~3.2 units)")
-    l2: float = Field(1e-2, ge=0, description="L2 weight on the perturbation (paper: 0.001)")
-    inner_step: float = Field(0.1, gt=0)
-    k: int = Field(5, ge=1)
-    out_portion: float = Field(0.1, gt=0, le=1, description="hypergrad mode: patched fraction of the outer batch "
-                               "(paper: 0.02; the consistency mode uses mix_portion)")
-    weight: float = Field(0.5, ge=0, description="weight of the unlearning term (paper: 1, hypergrad)")
-    pert_model: Literal["teacher", "student"] = "teacher"
-    radius: float = Field(10.0, gt=0)
-    l1: float = Field(0.01, ge=0, description="L1 weight on the synthesized perturbation (paper: 0)")
-    warm_start: bool = Field(True, description="start each synthesis from the last perturbation (paper: no)")
-    reuse_delta: bool = Field(True, description="reuse the perturbation while the method repeats a batch "
-                              "(ZSKT's kd_steps; the paper re-synthesizes on every step)")
-    divergence: Literal["kl", "method"] = Field(
-        "kl", description="D of the trigger synthesis and of the unlearning term: KL at temperature 1 (ZSKT's "
-        "elementwise mean, the scale the defaults were tuned on) for every method, or the KD method's own "
-        "(paper: CMI's KL at T=20 times T^2, which let delta grow to norms of thousands; DFAD's L1, whose "
-        "zero gradient at delta = 0 never moved delta)")
-    unlearn: Literal["kl", "method"] | None = Field(
-        None, description="D of the unlearning term alone (the synthesis keeps `divergence`): KL as above, or the "
-        "KD method's own criterion; None: as `divergence` (DFAD's default: its L1, whose constant-size gradient "
-        "outweighs a KL term)")
-    clip: bool = Field(False, description="keep x + delta inside the valid pixel range (paper: no clipping; "
-                       "measured with consistency: better on one seed, the backdoor kept on two)")
-    objective: Literal["divergence", "flip"] = Field(
-        "divergence", description="what the perturbation synthesis maximizes: the divergence between outputs on "
-        "x and x + delta (paper; unbounded) or the mean probability of leaving the clean label (bounded)")
-    mix_portion: float = Field(1.0, gt=0, le=1, description="consistency mode: the perturbed fraction of the "
-                               "batch, forwarded with the clean rest so that BatchNorm sees mostly clean inputs")
-    max_abs: float | None = Field(None, gt=0, description="bound on how far the perturbation moves one pixel, "
-                                  "in units of the full pixel range (1: black to white; None: unbounded, the paper)")
-    support: float | None = Field(0.02, gt=0, le=1, description="the fraction of pixel locations the perturbation "
-                                  "may change, those where it is largest (None: all, the paper; 0.02: a patch "
-                                  "trigger's size, 16 pixels of MNIST's 784)")
-    clean_target: bool = Field(False, description="where the teacher answers the class the perturbation drives "
-                               "inputs to, and another class once the perturbation's support is occluded (set "
-                               "to the input mean), the KD target is that other answer: a synthesized sample "
-                               "that carries the trigger is taught the teacher's answer without it (needs "
-                               "`support`; DFAD's and DeepInversion's default)")
-    dense: float | None = Field(0.3, gt=0, le=1, description="consistency mode: also synthesize and unlearn an "
-                                "image-wide perturbation that moves no pixel by more than this fraction of the "
-                                "pixel range (an image-wide trigger has no small support; None: the patch "
-                                "candidate only, as before)")
-    targeted: bool = Field(True, description="the dense candidate drives inputs to the teacher's default class "
-                           "on smooth random images (a backdoor's target, for the triggers measured) instead of "
-                           "maximizing the divergence, which found a natural weakness of the teacher (class 5 of "
-                           "a blend teacher) and made the student unlearn that class")
-    clean_dilate: int = Field(2, ge=0, description="clean_target occludes the support grown by this many pixels "
-                              "on every side (the perturbation lies on and around the trigger's pixels)")
-    vaccine_weight: float = Field(0.0, ge=0, description="with SV too (ABD): weight of the shuffled-teacher "
-                                  "agreement term in the trigger synthesis (0: the paper's plain synthesis; 0.3 "
-                                  "helped the hypergrad mode, and cost ASR in the consistency mode on 2 of 2 seeds)")
-
-    def resolved_unlearn(self) -> str:
-        """The unlearning criterion: ``unlearn``, else the synthesis's (``divergence``)."""
-        return self.unlearn or self.divergence
-
-    @property
-    def branches(self) -> bool:
-        """Whether SR starts after round 0, so an SR run can branch from the same run without SR."""
-        return self.fraction < 1
-
-    def build(self, student: Any, teacher: Any, divergence: Any = None, vaccine: Any = None,
-              generator: Any = None, mean: tuple[float, ...] | None = None,
-              std: tuple[float, ...] | None = None, image_size: int | None = None) -> Any:
-        """The :class:`~abd.defense.SelfRetrospection` plug-in these options describe (``divergence``: the
-        KD method's, used with ``divergence: method``; ``vaccine``: a ShufflingVaccine to guide the trigger
-        synthesis; ``mean``/``std``: the input normalization, which gives the pixel range for ``clip``)."""
-        import torch
-
-        from abd.defense import SelfRetrospection
-        from abd.distill.losses import kl_mean
-        from abd.distill.synthesis import Normalize
-
-        bounds = max_abs = dense = suspect = None
-        if mean is not None and std is not None:
-            norm, black = Normalize(mean, std), torch.zeros(1, len(mean), 1, 1)
-            low, high = norm(black), norm(black + 1)  # the valid normalized pixel range
-            bounds = (low, high) if self.clip else None
-            max_abs = (high - low) * self.max_abs if self.max_abs is not None else None
-            dense = (high - low) * self.dense if self.dense is not None and self.mode == "consistency" else None
-            if dense is not None and self.targeted and teacher is not None:
-                from abd.defense.retrospect import suspect_class
-
-                size = image_size or 28
-                suspect = suspect_class(teacher, (len(mean), size, size), mean, std)[0]
-        elif self.max_abs is not None:
-            raise ValueError("sr.max_abs needs the input normalization (mean and std)")
-
-        synth = divergence if (self.divergence == "method" and divergence is not None) else kl_mean
-        unlearn = self.resolved_unlearn()
-        return SelfRetrospection(
-            student, teacher, pert_model=self.pert_model, inner_rounds=self.inner_rounds, pert_lr=self.pert_lr,
-            l2=self.l2, inner_step=self.inner_step, k=self.k, out_portion=self.out_portion, weight=self.weight,
-            mode=self.mode, radius=self.radius, generator=generator,
-            divergence=synth,
-            unlearn_divergence=divergence if (unlearn == "method" and divergence is not None) else kl_mean,
-            vaccine=vaccine, vaccine_weight=self.vaccine_weight, l1=self.l1, warm_start=self.warm_start,
-            reuse_delta=self.reuse_delta, bounds=bounds, max_abs=max_abs, objective=self.objective,
-            mix_portion=self.mix_portion, support=self.support, clean_target=self.clean_target,
-            clean_dilate=self.clean_dilate, dense_max_abs=dense, suspect=suspect,
-        )
+def _removed(name: str, key: str, value: Any, want: Any) -> None:
+    if value != want:
+        raise ValueError(f"{name} option {key}={value!r} was removed (this version fixes {key}={want!r}; "
+                         "docs/defenses.md records the measurement): re-run with the current options")
 
 
-# The paper's algorithm (SPEC 5 and 6), field by field where it differs from our defaults; `--preset paper`
-# applies them to every field a run leaves unset, in place of the methods' own SV/SR defaults.
-PAPER_SV: dict[str, Any] = {
-    "coef": 0.1, "n_copies": 3, "n_layers": 5, "mask": "argmax", "robust": False, "penalty": "d", "margin": 0.0,
-    "floor": None, "balance": 0.0, "bn_prior": 0.0, "verify_rounds": 50, "tail_std": 3.0, "tail_ratio": 0.02,
-    "max_trials": 8, "shuffle_grad": True,
-}
-PAPER_SR: dict[str, Any] = {
-    "mode": "hypergrad", "fraction": 0.05, "lr": 5e-4, "inner_rounds": 20, "pert_lr": 0.1, "l2": 1e-3,
-    "inner_step": 0.1, "k": 5, "out_portion": 0.02, "weight": 1.0, "pert_model": "teacher", "l1": 0.0,
-    "warm_start": False, "reuse_delta": False, "divergence": "method", "unlearn": None, "clip": False,
-    "objective": "divergence", "mix_portion": 1.0, "max_abs": None, "support": None, "clean_target": False,
-    "vaccine_weight": 0.0, "dense": None, "targeted": False,
-}
+def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[str, Any]:
+    """A configuration written before defenses became plug-ins (top-level ``sv``/``sr`` mappings, with
+    options since removed) in the current form, or a ValueError naming the option whose value the code no
+    longer supports. Options of a defense the run does not use (``used``; default: from its ``defense``)
+    are dropped unread."""
+    data = dict(data)
+    sv, sr = data.pop("sv", None), data.pop("sr", None)
+    if sv is None and sr is None:
+        return data
+    from abd.defense import components
+
+    used = components(str(data.get("defense", "none"))) if used is None else used
+    opts = dict(data.get("defense_options") or {})
+    if "sv" in used and sv:
+        sv = dict(sv)
+        for k, want in _FIXED_SV.items():
+            if k in sv:
+                _removed("sv", k, sv.pop(k), want)
+        old = {k: sv.pop(k) for k in ("mask", "robust", "penalty", "margin") if k in sv}
+        variant = "paper" if old.get("mask") == "argmax" else "tail"
+        for k, v in old.items():
+            _removed("sv", k, v, _SV_VARIANTS[variant][k])
+        opts["sv"] = {**sv, **({"variant": variant} if old else {})}
+    if "sr" in used and sr:
+        sr = dict(sr)
+        mode = sr.get("mode", "consistency")
+        if mode == "plain":
+            raise ValueError("sr mode 'plain' was removed: re-run with mode consistency or hypergrad")
+        for k, want in {**_FIXED_SR, **_SR_BY_MODE[mode]}.items():
+            if k in sr:
+                value = sr.pop(k)
+                if not (k == "targeted" and sr.get("dense") is None):  # no dense candidate: nothing targeted
+                    _removed("sr", k, value, want)
+        for k in _SR_IGNORED[mode]:
+            sr.pop(k, None)
+        if mode == "hypergrad":  # the consistency mode's options were inert there
+            for k in ("l1", "support", "clean_target", "dense"):
+                sr.pop(k, None)
+        opts["sr"] = sr
+    data["defense_options"] = opts
+    return data
 
 
-def with_defaults(options: C, defaults: dict[str, Any]) -> C:
-    """`options` with `defaults` (validated) for the fields it was not given explicitly."""
-    update = {k: v for k, v in defaults.items() if k not in options.model_fields_set}
-    if not update:
-        return options
-    return type(options).model_validate({**options.model_dump(exclude_unset=True), **update})
+def check_defense_options(v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Options per defense name, each checked against its defense's options (typos fail at the edge)."""
+    from abd.defense import DEFENSES
+
+    for name, opts in v.items():
+        DEFENSES.get(name).Options.model_validate(opts or {})
+    return v
 
 
 class DistillConfig(Config):
-    """One distillation run: teacher directory, method (+ options), student, defense."""
+    """One distillation run: teacher directory, method (+ options), student, defense (+ options)."""
 
     teacher: str
     method: str = "zskt"
-    defense: Literal["none", "sv", "sr", "abd"] = "none"
+    defense: str = Field("none", description="a registered defense, a named composition (abd = sv+sr) or a "
+                         "'+'-joined composition")
     student: str = "lenet5_half"
     preset: Literal["cpu", "paper"] = "cpu"
     method_options: dict[str, Any] = Field(default_factory=dict)
-    sv: SVOptions = Field(default_factory=SVOptions)
-    sr: SROptions = Field(default_factory=SROptions)
+    defense_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options per defense name (ignored for defenses the run does not use)")
     eval_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     data_root: str | None = None
@@ -231,27 +115,55 @@ class DistillConfig(Config):
     def _student(cls, v: str) -> str:
         return _check_registered("model", v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return migrate_legacy(data) if isinstance(data, dict) else data
+
+    @field_validator("defense")
+    @classmethod
+    def _defense(cls, v: str) -> str:
+        from abd.defense import components
+
+        components(v)
+        return v
+
+    @field_validator("defense_options")
+    @classmethod
+    def _defense_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return check_defense_options(v)
+
+    @property
+    def components(self) -> list[str]:
+        """The registered defenses this run uses, in composition order."""
+        from abd.defense import components
+
+        return components(self.defense)
+
+    def options_of(self, name: str) -> Any:
+        """The resolved options of defense `name` (given options over the method's or the paper's)."""
+        from abd.defense import DEFENSES
+
+        return DEFENSES.get(name).resolve(self.defense_options.get(name), self.method, self.preset)
+
+    @property
+    def branch_parent(self) -> str | None:
+        """The defense of the run this one can branch from (None: every part starts at round 0)."""
+        from abd.defense import branch_parent
+
+        rounds = self.resolved().method_options["rounds"]
+        return branch_parent(self.defense, {n: self.options_of(n) for n in self.components}, rounds)
+
     def resolved(self) -> DistillConfig:
-        """This config with every method option spelled out (preset and defaults included) and the method's
-        SV/SR defaults (``KDMethod.sv_defaults``/``sr_defaults``) applied to the fields the run did not set,
-        so that the ``config.yaml`` written next to a result repeats it exactly even after a default changes."""
-        from abd.distill.base import METHODS, resolve_options
+        """This config with every method option spelled out (preset and defaults included) and, for each
+        defense the run uses, its options with the method's or the paper's values (``Defense.resolve``) for
+        the fields the run did not set, so that the ``config.yaml`` written next to a result repeats it
+        exactly even after a default changes. Options of defenses the run does not use are dropped."""
+        from abd.distill.base import resolve_options
 
-        cls = METHODS.get(self.method)
         opts = resolve_options(self.method, self.method_options, self.preset).model_dump(mode="json")
-        paper = self.preset == "paper"
-        sv = with_defaults(self.sv, PAPER_SV if paper else cls.sv_defaults)
-        sr = with_defaults(self.sr, PAPER_SR if paper else cls.sr_defaults)
-        sr = sr.model_copy(update={"unlearn": sr.resolved_unlearn()})
-        return self.model_copy(update={"method_options": dict(sorted(opts.items())), "sv": sv, "sr": sr})
-
-    @property
-    def use_sv(self) -> bool:
-        return self.defense in ("sv", "abd")
-
-    @property
-    def use_sr(self) -> bool:
-        return self.defense in ("sr", "abd")
+        defense = {n: self.options_of(n).model_dump(mode="json") for n in self.components}
+        return self.model_copy(update={"method_options": dict(sorted(opts.items())), "defense_options": defense})
 
 
 class StudyConfig(Config):
@@ -262,12 +174,22 @@ class StudyConfig(Config):
     teacher_model: str = "lenet5"
     student: str = "lenet5_half"
     trigger: str = "badnet_grid"
-    sv: SVOptions = Field(default_factory=SVOptions)
-    sr: SROptions = Field(default_factory=SROptions)
+    defense_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options per defense name, given to every run that uses that defense")
     eval_every: int = Field(50, ge=1)
     device: str = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
     workers: int = Field(2, ge=1, description="runs at a time, one process each (numbers do not depend on it)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return migrate_legacy(data, used=["sv", "sr"]) if isinstance(data, dict) else data
+
+    @field_validator("defense_options")
+    @classmethod
+    def _defense_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return check_defense_options(v)
 
     def teacher_config(self, seed: int) -> TeacherConfig:
         """The teacher of seed `seed`."""
@@ -279,6 +201,6 @@ class StudyConfig(Config):
         """One run of the study."""
         return DistillConfig(
             teacher=str(teacher_dir), method=method, defense=defense, student=self.student,
-            method_options=method_options or {}, sv=self.sv, sr=self.sr, eval_every=self.eval_every,
+            method_options=method_options or {}, defense_options=self.defense_options, eval_every=self.eval_every,
             checkpoint_every=max(self.eval_every, 100), seed=seed, device=self.device, threads=self.threads,
         )

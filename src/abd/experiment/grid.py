@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -17,7 +17,6 @@ from abd.experiment.distill_config import StudyConfig
 from abd.experiment.report import aggregate, collapse_lines, markdown_table, protocol
 from abd.utils import write_json
 
-Defense = Literal["none", "sv", "sr", "abd"]
 GRID_KEYS = ("acc", "asr", "target_acc", "seconds", "seconds_per_step")
 
 
@@ -28,7 +27,8 @@ class GridConfig(StudyConfig):
     first_seed: int = Field(0, ge=0, description="run seeds first_seed .. first_seed + seeds - 1 (to split a "
                             "grid over processes sharing one output folder)")
     methods: list[str] = Field(default_factory=lambda: ["zskt", "dafl", "dfad", "deepinv", "cmi", "ood"])
-    defenses: list[Defense] = Field(default_factory=lambda: ["none", "abd"])
+    defenses: list[str] = Field(default_factory=lambda: ["none", "abd"], description="registered defenses or "
+                                "'+'-joined compositions (`abd defenses` lists them)")
     rounds: dict[str, int] = Field(default_factory=dict, description="per-method rounds (default: the method's "
                                    "CPU default)")
 
@@ -41,20 +41,19 @@ class GridConfig(StudyConfig):
             METHODS.get(name)
         return v
 
+    @field_validator("defenses")
+    @classmethod
+    def _defenses(cls, v: list[str]) -> list[str]:
+        from abd.defense import components
 
-def _order(defenses: list[str], branching: bool) -> list[str]:
-    """The defenses to run, parents first; with `branching` (an SR phase that starts after round 0) the
-    parents of SR runs are added."""
-    from abd.distill.engine import BRANCH_PARENT
-
-    need = set(defenses) | ({BRANCH_PARENT[d] for d in defenses if d in BRANCH_PARENT} if branching else set())
-    return [d for d in ("none", "sv", "sr", "abd") if d in need]
+        for name in v:
+            components(name)
+        return v
 
 
 def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) every seed x method x defense; write grid.json, grid.md and grid.png."""
-    from abd.distill.engine import BRANCH_PARENT
-    from abd.experiment.runs import Job, ensure_teacher, run_jobs
+    from abd.experiment.runs import Job, ensure_teacher, run_jobs, with_parents
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +69,11 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
         teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
         for method in cfg.methods:
             opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
-            for defense in _order(cfg.defenses, cfg.sr.branches):
+            parents = {d: cfg.distill_config(str(tdir), method, d, seed, opts).branch_parent for d in cfg.defenses}
+            for defense in with_parents(cfg.defenses, parents.get):
                 dcfg = cfg.distill_config(str(tdir), method, defense, seed, opts)
-                parent = out / f"seed{seed}" / f"{method}+{BRANCH_PARENT[defense]}" if defense in BRANCH_PARENT \
-                    else None
+                bp = dcfg.branch_parent
+                parent = out / f"seed{seed}" / f"{method}+{bp}" if bp is not None else None
                 jobs.append(Job(dcfg, out / f"seed{seed}" / f"{method}+{defense}", parent,
                                 f"[seed {seed}] {method}+{defense}"))
     for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress)):

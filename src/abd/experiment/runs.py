@@ -65,22 +65,17 @@ WHERE = ("device", "threads")  # where a run ran, not what it is: a run made on 
 
 
 def _effective(cfg: Any) -> Any:
-    """A config as data, without the options of defenses the run does not use (a vanilla run is the same
-    run whatever the SR options say), and with the SV/SR options a config written before they existed
-    lacks filled in with their field defaults (a new option's field default keeps the old behaviour; a
-    method that changes it does so through its ``sr_defaults``, written out by ``resolved()``)."""
+    """A config as data: a run configuration read as this version reads it (one written before defenses
+    became plug-ins migrated, the options of defenses the run does not use dropped, options a config
+    written before they existed lacks filled in), without where it ran."""
     if not isinstance(cfg, dict):
         return cfg
-    cfg = {k: v for k, v in cfg.items() if k not in WHERE}
-    if "defense" not in cfg:
-        return cfg
-    try:
-        cfg = {**cfg, **DistillConfig.model_validate(cfg).model_dump(mode="json", include={"sv", "sr"})}
-    except ValueError:  # not readable by this version: compared as written
-        pass
-    unused = {"sv"} if cfg["defense"] not in ("sv", "abd") else set()
-    unused |= {"sr"} if cfg["defense"] not in ("sr", "abd") else set()
-    return {k: v for k, v in cfg.items() if k not in unused}
+    if "defense" in cfg:
+        try:
+            cfg = DistillConfig.model_validate(cfg).resolved().model_dump(mode="json")
+        except ValueError:  # not readable by this version (e.g. a removed option): compared as written
+            pass
+    return {k: v for k, v in cfg.items() if k not in WHERE}
 
 
 def same_config(run_dir: str | Path, cfg_yaml: str) -> bool:
@@ -169,8 +164,20 @@ class Job:
 
     @property
     def branch_parent(self) -> Path | None:
-        """The parent this run really branches from: only an SR run whose SR starts late has one."""
-        return self.parent if self.cfg.use_sr and self.cfg.sr.branches else None
+        """The parent this run really branches from: only a run with a late-starting defense has one."""
+        return self.parent if self.cfg.branch_parent is not None else None
+
+
+def with_parents(defenses: list[str], parent_of: Any) -> list[str]:
+    """`defenses` with, before each, the defense of the run it branches from (``parent_of(d)``, None when
+    it does not branch), each once."""
+    out: list[str] = []
+    for d in defenses:
+        p = parent_of(d)
+        for name in ([p] if p is not None else []) + [d]:
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def _run_job(job: Job, progress: bool = False) -> dict[str, Any]:
@@ -204,7 +211,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True) -> list[d
     bar = tqdm(total=len(jobs), desc=f"runs ({workers} processes)", unit="run", disable=not progress)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for wave in waves:  # the costliest runs (with SR, then SV) first, so that the processes end together
-            order = sorted(wave, key=lambda i: (not jobs[i].cfg.use_sr, not jobs[i].cfg.use_sv))
+            order = sorted(wave, key=lambda i: -len(jobs[i].cfg.components))
             futures = {pool.submit(_run_job, jobs[i]): i for i in order}
             for f in as_completed(futures):
                 report(futures[f], f.result())

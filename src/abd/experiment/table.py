@@ -146,11 +146,10 @@ class TableConfig(StudyConfig):
 
 
 def config_record(cfg: TableConfig) -> dict[str, Any]:
-    """The config as written to ``table_config.yaml`` and ``table.json``: every field, but of the SV/SR options
-    only those set, so that each method keeps its own SV/SR defaults when the file is read back
-    (``abd table --config table_config.yaml`` reuses every run; each run's config.yaml spells them out)."""
-    return {**cfg.model_dump(mode="json"), "sv": cfg.sv.model_dump(mode="json", exclude_unset=True),
-            "sr": cfg.sr.model_dump(mode="json", exclude_unset=True)}
+    """The config as written to ``table_config.yaml`` and ``table.json``: every field (the defense options only
+    as given, so that each method keeps its defenses' own defaults when the file is read back; each run's
+    config.yaml spells them out)."""
+    return cfg.model_dump(mode="json")
 
 
 def protocol_line(cfg: TableConfig) -> str:
@@ -254,9 +253,7 @@ def collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
 
 def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) every seed x trigger x run of the table; write table.json, table.md and table.png."""
-    from abd.distill.engine import BRANCH_PARENT
     from abd.experiment.demo import ARMS
-    from abd.experiment.grid import _order
     from abd.experiment.runs import Job, run_jobs
 
     out = Path(out_dir)
@@ -267,7 +264,7 @@ def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> d
     t_start = time.perf_counter()
     seeds, groups = cfg.seed_list, cfg.teacher_triggers
     paper_triggers = [t for t in cfg.triggers if t in cfg.paper_triggers]
-    defenses = _order(list(ROW_DEFENSES), cfg.sr.branches)
+    defenses = list(ROW_DEFENSES)
 
     tdirs = {(s, t): out / f"seed{s}" / t / "teacher" for s in seeds for t in groups}
     keys = list(tdirs)
@@ -285,7 +282,8 @@ def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> d
             dcfg = dcfg.model_copy(update={"preset": "paper"})
         suffix = PAPER_PRESET_SUFFIX if preset == "paper" else ""
         run_dir = out / f"seed{seed}" / trigger / f"{method}+{defense}{suffix}"
-        parent = run_dir.parent / f"{method}+{BRANCH_PARENT[defense]}{suffix}" if defense in BRANCH_PARENT else None
+        bp = dcfg.branch_parent
+        parent = run_dir.parent / f"{method}+{bp}{suffix}" if bp is not None else None
         jobs.append(Job(dcfg, run_dir, parent, f"[seed {seed}] {trigger} {method}+{defense}{suffix}"))
         tags.append((trigger, method, defense, preset, seed))
 
