@@ -133,7 +133,8 @@ class Defense:
 
     # ---------------------------------------------------------------- records
     def diagnose(self, eval_data: EvalData) -> dict[str, Any]:
-        """A diagnostic on the evaluation data at the start of a run (written to metrics and the log)."""
+        """Diagnostics on the evaluation data at the start of a run, by event name (written to the metrics
+        and the log; a ``message`` in one is printed instead, e.g. that the defense did nothing)."""
         return {}
 
     def metrics(self) -> dict[str, Any]:

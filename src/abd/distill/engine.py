@@ -262,8 +262,11 @@ class Distiller:
         else:
             self.log = JsonLines(self.out / "curve.jsonl")
             for event, diag in (self.defense.diagnose(self.eval_data) if self.defense is not None else {}).items():
+                msg = diag.pop("message", None)  # e.g. a defense that did nothing says so
                 self.extra[event] = diag
                 self.log.write({"round": 0, "event": event, **diag})
+                if msg and self.progress:
+                    tqdm.write(f"{self.out}: {msg}")
             self.log.write({"round": 0, **self.evaluate(), "seconds": 0.0})
         bar = tqdm(range(self.round, self.rounds), desc=f"{self.cfg.method}+{self.cfg.defense}",
                    unit="round", disable=not self.progress, initial=self.round, total=self.rounds)
