@@ -232,6 +232,24 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clp_sweep(args: argparse.Namespace) -> int:
+    from abd.attacks.poison import make_eval_data
+    from abd.attacks.teacher import eval_trigger_from_meta
+    from abd.data import load_dataset
+    from abd.defense.clp import clp_sweep
+    from abd.experiment.checkpoint import load_model
+
+    model, meta = load_model(args.dir, "teacher")
+    ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))
+    ev = make_eval_data(ds, eval_trigger_from_meta(meta, ds), meta.get("target", 0))
+    us = [float(u) for u in args.u.split(",")]
+    print("| u | channels pruned | ACC % | ASR % | target-class ACC % |\n|---|---|---|---|---|")
+    for r in clp_sweep(model, ev, us):
+        asr = "-" if r["asr"] is None else f"{100 * r['asr']:.1f}"
+        print(f"| {r['u']:g} | {r['pruned']} | {100 * r['acc']:.1f} | {asr} | {100 * r['target_acc']:.0f} |")
+    return 0
+
+
 def cmd_defenses(args: argparse.Namespace) -> int:
     from abd.defense import COMPOSITIONS, DEFENSES
 
@@ -339,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     me.set_defaults(func=cmd_methods)
     dl = sub.add_parser("defenses", help="list defenses, their options and the named compositions")
     dl.set_defaults(func=cmd_defenses)
+    cs = sub.add_parser("clp-sweep", help="CLP (data-free channel pruning) at several thresholds u on a saved "
+                        "teacher: channels pruned, ACC and ASR of the pruned model")
+    cs.add_argument("dir", type=Path, help="teacher directory")
+    cs.add_argument("--u", default="1,1.5,2,2.5,3", help="comma-separated thresholds (paper default: 3)")
+    cs.add_argument("--data-root", default=None)
+    cs.set_defaults(func=cmd_clp_sweep)
 
     for command, kind in LISTS.items():
         sp = sub.add_parser(command, help=f"list registered {kind}s")

@@ -44,11 +44,13 @@ from abd.defense.base import (
     defense_names,
     register_defense,
 )
+from abd.defense.clp import CLPOptions, channel_lipschitz, clp_prune
 from abd.defense.hypergrad import fixed_point_hypergrad
 from abd.defense.retrospect import SelfRetrospection, SROptions, frozen_bn_stats, suspect_class
 from abd.defense.shuffle import ShufflingVaccine, SVOptions, VaccineReport, build_vaccine, shufflable_layers
 
 __all__ = [
+    "CLPOptions",
     "COMPOSITIONS",
     "DEFENSES",
     "Defense",
@@ -60,6 +62,8 @@ __all__ = [
     "VaccineReport",
     "branch_parent",
     "build_vaccine",
+    "channel_lipschitz",
+    "clp_prune",
     "components",
     "create_defense",
     "defense_names",
