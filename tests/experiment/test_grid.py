@@ -145,3 +145,17 @@ def test_where_a_run_ran_is_no_part_of_its_identity(tmp_path) -> None:
     assert runs.same_config(tmp_path, cpu.resolved().to_yaml())  # a GPU run is reused on a CPU
     other = gpu.model_copy(update={"seed": 1, "device": "cpu"})
     assert not runs.same_config(tmp_path, other.resolved().to_yaml())
+
+
+def test_best_defense_is_the_lowest_asr_within_three_points_of_vanilla_acc() -> None:
+    from abd.experiment.grid import best_defenses, winner_lines
+
+    rows = {"zskt+none": {"acc": 0.90, "asr": 0.95}, "zskt+abd": {"acc": 0.88, "asr": 0.02},
+            "zskt+clp": {"acc": 0.80, "asr": 0.00},  # lower ASR, but 10 points of ACC
+            "cmi+none": {"acc": 0.10, "asr": 1.0},  # collapsed vanilla: any ACC counts
+            "cmi+abd": {"acc": 0.85, "asr": 0.30}, "cmi+clp": {"acc": 0.50, "asr": 0.10},
+            "dfad+none": {"acc": 0.90, "asr": 0.5}, "dfad+abd": {"acc": 0.70, "asr": 0.0}}
+    w = best_defenses(rows, ["zskt", "cmi", "dfad"], ["abd", "clp"])
+    assert w["zskt"]["defense"] == "abd" and w["cmi"]["defense"] == "clp" and w["dfad"] is None
+    lines = winner_lines(w)
+    assert "**abd**" in lines[0] and "no defense" in lines[2]

@@ -82,18 +82,57 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     rows.update({k: aggregate(v, GRID_KEYS) for k, v in runs.items()})
     results = {"config": cfg.model_dump(mode="json"), "rows": rows, "protocol": proto,
                "wall_seconds": time.perf_counter() - t_start}
-    write_json(out / "grid.json", results)
     shown = {k: v for k, v in rows.items() if k == "teacher" or k.split("+", 1)[1] in cfg.defenses}
     columns = [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
                ("seconds_per_step", "s/round", "x")]
     note = (f"\n{cfg.seeds} seed(s), {cfg.trigger} {cfg.teacher_model} teacher on {cfg.dataset} -> "
             f"{cfg.student}; ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
             f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n\n{proto['text']}\n")
+    winners = best_defenses(rows, cfg.methods, [d for d in cfg.defenses if d != "none"])
+    results["best_defense"] = winners
+    write_json(out / "grid.json", results)
+    note += "".join(f"\n{line}" for line in winner_lines(winners)) + ("\n" if winners else "")
     collapsed = collapse_lines(runs, list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)))
     note += "".join(f"\n{line}" for line in collapsed) + ("\n" if collapsed else "")
     (out / "grid.md").write_text(f"# abd grid\n\n{markdown_table(shown, columns)}{note}")
     plot_grid(shown, cfg.methods, [d for d in cfg.defenses if d != "none"], out / "grid.png")
     return results
+
+
+ACC_BUDGET = 0.03  # a defense "wins" a method when it has the lowest ASR among those costing <= 3 points of ACC
+
+
+def best_defenses(rows: dict[str, dict[str, Any]], methods: list[str], defenses: list[str]) -> dict[str, Any]:
+    """Per method: the defense with the lowest mean ASR among those whose mean ACC is at most 3 points below
+    vanilla's (any ACC when vanilla collapsed, below 20 % ACC), or None when none qualifies."""
+    out: dict[str, Any] = {}
+    for method in methods:
+        van = rows.get(f"{method}+none")
+        cands = [(d, rows[f"{method}+{d}"]) for d in defenses if f"{method}+{d}" in rows]
+        if van is None or not cands:
+            continue
+        floor = van["acc"] - ACC_BUDGET if van["acc"] >= 0.2 else 0.0
+        ok = [(d, r) for d, r in cands if r["acc"] >= floor and r.get("asr") is not None]
+        if not ok:
+            out[method] = None
+            continue
+        d, r = min(ok, key=lambda dr: dr[1]["asr"])
+        out[method] = {"defense": d, "asr": r["asr"], "acc": r["acc"], "vanilla_asr": van.get("asr"),
+                       "vanilla_acc": van["acc"]}
+    return out
+
+
+def winner_lines(winners: dict[str, Any]) -> list[str]:
+    """One Markdown line per method: which defense has the lowest ASR at an ACC cost of at most 3 points."""
+    lines = []
+    for method, w in winners.items():
+        if w is None:
+            lines.append(f"- {method}: no defense keeps ACC within 3 points of vanilla")
+        else:
+            lines.append(f"- {method}: lowest ASR at <= 3 points of ACC cost: **{w['defense']}** "
+                         f"({100 * w['asr']:.1f} % ASR, {100 * w['acc']:.1f} % ACC; vanilla "
+                         f"{100 * (w['vanilla_asr'] or 0):.1f} / {100 * w['vanilla_acc']:.1f})")
+    return lines
 
 
 def plot_grid(rows: dict[str, dict[str, Any]], methods: list[str], defenses: list[str], path: str | Path) -> Path:
