@@ -191,3 +191,50 @@ def test_detection_flag_rates_mean_what_their_names_say(teacher_and_data) -> Non
     diag = ShufflingVaccine(teacher, n_layers=1, seed=1, floor=-4.0).detection_auc(ev.x_poison, ev.x_clean)
     assert diag["auc"] > 0.95
     assert diag["flag_rate_poison"] > 0.8 > 0.1 > diag["flag_rate_clean"]
+
+
+class _TwoConv(nn.Module):
+    """A small classifier with two multi-channel convs (the vaccine shuffles the last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 3), nn.Conv2d(6, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c2(torch.relu(self.c1(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm"])
+def test_vaccine_shuffles_parametrized_weights(wrap: str) -> None:
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    teacher = _TwoConv()
+    teacher.c2 = getattr(parametrizations, wrap)(teacher.c2)
+    teacher.eval()
+    sv = ShufflingVaccine(teacher, n_layers=1, seed=0)
+    x = torch.randn(16, 1, 12, 12)
+    with torch.no_grad():
+        t = teacher(x)
+        assert all(not torch.allclose(c(x), t) for c in sv.copies)  # the copies compute with shuffled weights
+    assert float(sv.divergence(x)[0].mean()) > 0
+    with torch.no_grad():  # the teacher itself is untouched, parametrization included
+        assert torch.equal(teacher(x), t) and hasattr(teacher.c2, "parametrizations")
+
+
+def test_vaccine_refuses_uncopyable_hooks_and_a_shuffle_that_changes_nothing() -> None:
+    torch.manual_seed(0)
+    legacy = _TwoConv()
+    legacy.c2 = torch.nn.utils.weight_norm(legacy.c2)
+    try:
+        ShufflingVaccine(legacy.eval(), n_layers=1)
+    except ValueError as e:  # the copy fails on torch's hooks: the message says how to fold them
+        assert "remove_weight_norm" in str(e)
+    else:  # a torch that can copy them: the copies must then really be shuffled
+        pass
+    same = _TwoConv()
+    with torch.no_grad():
+        same.c2.weight.copy_(same.c2.weight[:, :1].expand_as(same.c2.weight))  # every input channel alike
+    with pytest.raises(ValueError, match="equal the teacher"):
+        ShufflingVaccine(same.eval(), n_layers=1)

@@ -38,6 +38,27 @@ def shufflable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv",)) -> l
     return out
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An independent, frozen, eval-mode copy of `model` whose weights are plain parameters: weight
+    parametrizations (``torch.nn.utils.parametrizations.weight_norm``/``spectral_norm``) are folded into the
+    weight they compute, so that a shuffle of ``layer.weight`` is what the copy computes with. Models whose
+    hooks cannot be copied (legacy ``torch.nn.utils.weight_norm``, ``prune``) are refused with the fix."""
+    from torch.nn.utils import parametrize
+
+    try:
+        c = copy.deepcopy(model)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{type(model).__name__} cannot be copied for the Shuffling Vaccine ({e}); legacy "
+                         "weight_norm or pruning hooks: fold them into the weights first "
+                         "(torch.nn.utils.remove_weight_norm, torch.nn.utils.prune.remove)") from None
+    for m in [m for m in c.modules() if parametrize.is_parametrized(m)]:  # listed first: removal edits the tree
+        cls = type(m)  # torch's per-module class is shared with the original: removal would edit the teacher
+        m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+        for name in list(m.parametrizations.keys()):
+            parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return c.eval().requires_grad_(False)
+
+
 def select_layers(layers: list, n_layers: int) -> list:
     """The last ``n`` layers (n > 0), the first ``|n|`` (n < 0) or none (n = 0)."""
     if n_layers == 0 or not layers:
@@ -152,9 +173,7 @@ class ShufflingVaccine(nn.Module):
         self.max_trials, self.shuffle_grad = max_trials, shuffle_grad
         self.n_layers, self.kinds = n_layers, tuple(kinds)
         self.rng = torch.Generator().manual_seed(seed)
-        self.copies = nn.ModuleList(copy.deepcopy(teacher).eval() for _ in range(n_copies))
-        for c in self.copies:
-            c.requires_grad_(False)
+        self.copies = nn.ModuleList(frozen_copy(teacher) for _ in range(n_copies))
         if not select_layers(shufflable_layers(self.copies[0], self.kinds), n_layers):
             raise ValueError(
                 f"{type(teacher).__name__} has no shufflable {'/'.join(kinds)} layer with more than one "
@@ -162,6 +181,18 @@ class ShufflingVaccine(nn.Module):
             )
         self.enabled = True  # False after failed verification (coef is then effectively 0)
         self.reshuffle()
+        self._check_shuffled(teacher)
+
+    def _check_shuffled(self, teacher: nn.Module) -> None:
+        """Refuse copies whose selected layers all still hold the teacher's weights (a shuffle that did not
+        reach the weights the layer computes with would make SV a silent no-op)."""
+        names = dict(teacher.named_modules())
+        for c in self.copies:
+            for name, layer in select_layers(shufflable_layers(c, self.kinds), self.n_layers):
+                if not torch.equal(layer.weight, names[name].weight):
+                    return
+        raise ValueError("the Shuffling Vaccine's shuffled copies equal the teacher (its shuffled layers' weights "
+                         "did not change): SV would do nothing on this teacher")
 
     @property
     def layer_names(self) -> list[str]:
