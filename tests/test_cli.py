@@ -155,3 +155,23 @@ def test_help_lists_the_registered_choices(command: list[str], capsys: pytest.Ca
     assert "lenet5_half" in text  # model names
     if command == ["teacher", "train"]:
         assert "mnist5k" in text and "badnet_grid" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--defense", "abdd"], "Did you mean 'abd'"),
+    (["--defense", "abd", "--sr", "objective=flip"], "defense 'sr': option objective"),
+    (["--defense", "abd", "--sr", "mode=hypergrad", "--sr", "support=0.1"], "belongs to the consistency mode"),
+    (["--defense", "clp", "--clp", "u=-1"], "defense 'clp': option u"),
+    (["--defense", "sv+sv"], "names 'sv' twice"),
+])
+def test_bad_defense_options_are_one_line_errors(args, message, backdoored_teacher_dir, tmp_path, capsys) -> None:
+    rc = main(["distill", "--teacher", str(backdoored_teacher_dir), "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and err.startswith("abd: error: ")
+    assert not (tmp_path / "run").exists()  # nothing written before the options were checked
+
+
+def test_debug_shows_the_traceback(backdoored_teacher_dir, tmp_path) -> None:
+    with pytest.raises(Exception, match="abdd"):
+        main(["--debug", "distill", "--teacher", str(backdoored_teacher_dir), "--out", str(tmp_path / "r"),
+              "--defense", "abdd"])

@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     from abd.experiment.table import TableConfig
 
     p = argparse.ArgumentParser(prog="abd", description="Backdoor-safe data-free knowledge distillation.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     teacher = sub.add_parser("teacher", help="train or evaluate a (poisoned) teacher")
@@ -370,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    """The error as one line (pydantic's multi-line reports joined)."""
+    if isinstance(e, ValidationError):
+        parts = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        return "; ".join(parts)
+    return " ".join(str(e).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abd`` console script."""
     from abd.data.base import DataFormatError
@@ -381,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UnknownNameError, DataFormatError, CheckpointError, ValidationError, FileNotFoundError,
             ValueError) as e:
-        print(f"abd: error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"abd: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("abd: interrupted", file=sys.stderr)

@@ -278,9 +278,17 @@ def components(defense: str) -> list[str]:
     names: list[str] = []
     for part in defense.split("+"):
         part = part.strip()
+        if part not in COMPOSITIONS and part not in DEFENSES:
+            import difflib
+
+            from abd.registry import UnknownNameError
+
+            close = difflib.get_close_matches(part, defense_names(), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(f"unknown defense {part!r}.{hint} Known: {', '.join(defense_names())}, or "
+                                   "several joined with '+'")
         expanded = COMPOSITIONS[part].split("+") if part in COMPOSITIONS else [part]
         for name in expanded:
-            DEFENSES.get(name)
             if name in names:
                 raise ValueError(f"defense {defense!r} names {name!r} twice")
             names.append(name)

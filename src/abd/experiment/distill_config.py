@@ -75,10 +75,17 @@ def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[
 
 def check_defense_options(v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Options per defense name, each checked against its defense's options (typos fail at the edge)."""
+    from pydantic import ValidationError
+
     from abd.defense import DEFENSES
 
     for name, opts in v.items():
-        DEFENSES.get(name).Options.model_validate(opts or {})
+        try:
+            DEFENSES.get(name).Options.model_validate(opts or {})
+        except ValidationError as e:  # name the defense: its options' own report does not
+            errors = "; ".join((f"option {'.'.join(map(str, err['loc']))}: " if err["loc"] else "")
+                               + err["msg"].removeprefix("Value error, ") for err in e.errors())
+            raise ValueError(f"defense {name!r}: {errors}") from None
     return v
 
 
