@@ -132,3 +132,21 @@ def test_a_defenses_method_defaults_apply_unless_the_run_sets_them(backdoored_te
     assert main([*base, "--sr", f"{key}={str(other).lower()}", "--out", str(tmp_path / "b")]) == 0
     again = DistillConfig.load(tmp_path / "b" / "config.yaml")
     assert again.defense_options["sr"][key] == other and again.resolved() == again
+
+
+def test_a_composition_equals_its_named_form_and_composes_with_others(backdoored_teacher_dir, tmp_path) -> None:
+    """`sv+sr` is `abd` bit for bit (and `sr+sv` too: parts run in registry order); clp+abd runs all three."""
+    from abd.defense import components
+
+    assert components("sr+sv") == components("abd") == ["sv", "sr"]
+    assert components("abd+clp") == ["clp", "sv", "sr"]
+    runs = {}
+    for name in ("abd", "sv+sr", "sr+sv"):
+        runs[name] = build_distiller(_cfg(backdoored_teacher_dir, name, rounds=4), tmp_path / name,
+                                     progress=False).run()
+    _assert_same_run(tmp_path / "abd", tmp_path / "sv+sr", runs["abd"], runs["sv+sr"])
+    _assert_same_run(tmp_path / "abd", tmp_path / "sr+sv", runs["abd"], runs["sr+sv"])
+    cfg = _cfg(backdoored_teacher_dir, "clp+abd", rounds=2).model_copy(
+        update={"defense_options": {"clp": {"u": 0.5}, "sr": {"inner_rounds": 2}}})
+    m = build_distiller(cfg, tmp_path / "clp", progress=False).run()
+    assert m["clp_pruned_total"] > 0 and "sr_seconds" in m and "sv_detection" in m
