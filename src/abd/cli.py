@@ -152,6 +152,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from abd.experiment.runs import run_distill
     from abd.metrics import format_metrics
 
+    if args.teacher_weights is not None:  # a foreign teacher: checked and written as a teacher folder first
+        from abd.experiment.checkpoint import import_teacher
+
+        if args.teacher is not None or not args.teacher_model or not args.dataset:
+            raise ValueError("--teacher-weights needs --teacher-model NAME|module:factory and --dataset, and no "
+                             "--teacher")
+        output = int(args.teacher_output) if (args.teacher_output or "").isdigit() else args.teacher_output
+        args.teacher = str(import_teacher(args.teacher_weights, args.teacher_model, args.dataset,
+                                          Path(args.out) / "teacher", output=output, data_root=args.data_root,
+                                          allow_cast=args.allow_cast))
+        print(f"teacher {args.teacher_weights} ({args.teacher_model}) -> {args.teacher}")
     cfg = config_from_args(DistillConfig, args)
     extra = {}
     if args.rounds is not None:
@@ -312,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(di, DistillConfig)
     di.add_argument("--out", type=Path, required=True, help="output directory")
     di.add_argument("--rounds", type=int, default=None, help="rounds (method option)")
+    di.add_argument("--teacher-weights", type=Path, default=None, metavar="FILE",
+                    help="a foreign teacher's weights (.safetensors, or a .pt/.pth state dict, read with "
+                         "weights_only=True), instead of --teacher; written to OUT/teacher")
+    di.add_argument("--teacher-model", default=None, metavar="NAME|module:factory",
+                    help="its architecture: a registered model or an importable factory")
+    di.add_argument("--teacher-output", default=None, metavar="INDEX|KEY",
+                    help="where the logits are when the model returns a tuple or a dict")
+    di.add_argument("--dataset", default=None, help="the teacher's dataset (with --teacher-weights)")
+    di.add_argument("--allow-cast", action="store_true", help="accept weights of another dtype (cast)")
     di.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
     from abd.defense import DEFENSES
 

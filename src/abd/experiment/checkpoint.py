@@ -103,8 +103,9 @@ def read_meta(directory: str | Path, stem: str) -> dict[str, Any]:
 
 
 def load_model(directory: str | Path, stem: str = "teacher") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a registered model from ``<stem>.json`` and load ``<stem>.safetensors``."""
-    from abd.models import create_model
+    """Rebuild a model from ``<stem>.json`` (a registered model, or a ``module:factory`` whose module the
+    caller has imported: loading never imports code) and load ``<stem>.safetensors``."""
+    from abd.models.foreign import ModelSpecError, build_model
 
     d = Path(directory)
     if not d.is_dir():
@@ -113,7 +114,42 @@ def load_model(directory: str | Path, stem: str = "teacher") -> tuple[nn.Module,
     arch = dict(meta.get("arch") or {})
     if "name" not in arch:
         raise CheckpointError(f"{d / (stem + '.json')} has no 'arch' entry naming a registered model")
-    name = arch.pop("name")
-    model = create_model(name, **arch)
+    try:
+        model = build_model(arch)
+    except ModelSpecError as e:
+        raise CheckpointError(f"{d / (stem + '.json')}: {e}") from None
     load_weights(model, d / f"{stem}.safetensors")
     return model, meta
+
+
+def import_teacher(weights: str | Path, model: str, dataset: str, out_dir: str | Path, output: int | str | None = None,
+                   data_root: str | None = None, allow_cast: bool = False) -> Path:
+    """A teacher folder in `out_dir` from a foreign weights file (safetensors, or a .pt/.pth state dict read
+    with ``weights_only=True``) and its architecture: a registered model name or ``module:factory`` (called
+    with whichever of num_classes, in_channels, image_size it takes); ``output`` names the logits in a tuple
+    or dict output. The weights are checked (keys, shapes, dtype, finite) and so are the logits on a probe
+    batch. An existing folder is reused only when it holds the same weights."""
+    from abd.data import load_dataset
+    from abd.models.foreign import ModelSpecError, build_model, check_logits
+
+    ds = load_dataset(dataset, root=data_root)
+    arch = {"name": model, "num_classes": ds.num_classes, "in_channels": ds.channels, "image_size": ds.image_size,
+            **({"output": output} if output is not None else {})}
+    try:
+        net = build_model(arch, import_module=True)
+        inner = net.model if hasattr(net, "output") and hasattr(net, "model") else net
+        load_weights(inner, weights, allow_cast=allow_cast)
+        check_logits(net, (ds.channels, ds.image_size, ds.image_size), ds.num_classes)
+    except ModelSpecError as e:
+        raise CheckpointError(f"{weights}: {e}") from None
+    net = net.float()
+    out = Path(out_dir)
+    if (out / "teacher.safetensors").is_file():
+        old = load_file(str(out / "teacher.safetensors"))
+        new = net.state_dict()
+        if set(old) != set(new) or any(not torch.equal(old[k], new[k].cpu()) for k in old):
+            raise CheckpointError(f"{out} already holds another teacher: choose another --out")
+        return out
+    save_model(out, "teacher", net, {"kind": "teacher", "dataset": dataset, "data_root": data_root,
+                                     "trigger": "none", "eval_trigger": None, "imported_from": Path(weights).name})
+    return out
