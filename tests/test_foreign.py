@@ -66,9 +66,13 @@ def test_a_users_factory_with_a_tuple_output_distills_with_abd(tmp_path, monkeyp
     assert main(args) == 2 and "--teacher-output" in capsys.readouterr().err  # a tuple: say where the logits are
     assert main([*args, "--teacher-output", "0"]) == 0
     assert (out / "metrics.json").is_file()
-    # a folder that names a factory never imports it: only a caller that imported the module may load it
+    # a folder that names a factory never runs it: only a factory the user named in this process is called
+    import abd.models.foreign as foreign
+
+    assert load_model(out / "teacher")[0] is not None  # named above with --teacher-model
+    monkeypatch.setattr(foreign, "_ALLOWED", set())
     monkeypatch.delitem(sys.modules, "user_nets")
-    with pytest.raises(CheckpointError, match="never imports code"):
+    with pytest.raises(CheckpointError, match="never imports or runs code"):
         load_model(out / "teacher")
 
 

@@ -28,7 +28,10 @@ class Config(BaseModel):
             p = Path(path)
             if not p.is_file():
                 raise FileNotFoundError(f"config file not found: {p}")
-            loaded = yaml.safe_load(p.read_text()) or {}
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:  # e.g. a syntax error, or a !!python tag safe_load refuses
+                raise ValueError(f"{p} is not a valid YAML file of options: {e}") from None
             if not isinstance(loaded, dict):
                 raise ValueError(f"{p}: expected a mapping of option: value")
             data.update(loaded)

@@ -49,7 +49,9 @@ def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = Tr
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.resolved().to_yaml())
+    text = cfg.resolved().to_yaml()
+    if not (out / "config.yaml").is_file() or (out / "config.yaml").read_text() != text:
+        (out / "config.yaml").write_text(text)  # a resumed run's folder is left as it is until a check passes
     return Distiller(cfg, ctx, eval_data, out, progress=progress)
 
 

@@ -1,9 +1,10 @@
 """Foreign models: a user's own architecture (a registered name or an importable ``module:factory``) whose
 outputs may be a tuple or a dict, built the same way every time a teacher folder is loaded.
 
-A folder's ``teacher.json`` may name a factory, but loading a folder never imports code: the factory's
-module must already be imported by the caller (the command line imports it when ``--teacher-model``
-names it), otherwise the load is refused with the way to allow it.
+A folder's ``teacher.json`` may name a factory, but loading a folder never runs code it names: only a
+factory the user named in this process (``--teacher-model``, or :func:`allow_factory`) is called, and only
+with the integer geometry (num_classes, in_channels, image_size); any other is refused with the way to allow
+it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ import torch
 import torch.nn as nn
 
 GEOMETRY = ("num_classes", "in_channels", "image_size")
+_ALLOWED: set[str] = set()  # module:factory specs the user named in this process
+
+
+def allow_factory(spec: str) -> None:
+    """Allow teacher folders to name the factory `spec` (``module:function``) in this process."""
+    _ALLOWED.add(spec)
 
 
 class ModelSpecError(ValueError):
@@ -43,16 +50,19 @@ class Logits(nn.Module):
 
 
 def resolve_factory(spec: str, import_module: bool = False) -> Any:
-    """The callable ``module:factory`` names; its module is imported only with `import_module` (a caller's
-    explicit choice), otherwise it must already be imported."""
+    """The callable ``module:factory`` names. With `import_module` (the user names it: ``--teacher-model``)
+    its module is imported and the factory allowed for this process; otherwise (a folder names it) it must
+    have been allowed before."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ModelSpecError(f"{spec!r}: name a registered model or a factory as module:function")
+    if import_module:
+        allow_factory(spec)
+    elif spec not in _ALLOWED:
+        raise ModelSpecError(f"the teacher names the factory {spec!r}, which was not allowed in this process; a "
+                             f"teacher folder never imports or runs code it names: pass --teacher-model {spec} "
+                             "(or call abd.models.foreign.allow_factory) to allow it")
     if module not in sys.modules:
-        if not import_module:
-            raise ModelSpecError(f"the teacher names the factory {spec!r}, whose module {module!r} is not imported; "
-                                 f"a teacher folder never imports code: pass --teacher-model {spec} (or import "
-                                 "it yourself) to allow it")
         try:
             importlib.import_module(module)
         except ImportError as e:
@@ -76,9 +86,16 @@ def build_model(arch: dict[str, Any], import_module: bool = False) -> nn.Module:
     name, output = arch.pop("name"), arch.pop("output", None)
     if ":" in name:
         factory = resolve_factory(name, import_module)
-        params = inspect.signature(factory).parameters
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            raise ModelSpecError(f"{name} is not a Python function or class that builds a model") from None
         takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        model = factory(**{k: v for k, v in arch.items() if takes_all or k in params})
+        kwargs = {k: int(arch[k]) for k in GEOMETRY if k in arch and (takes_all or k in params)}
+        try:
+            model = factory(**kwargs)
+        except TypeError as e:  # not a model factory (or one taking other arguments)
+            raise ModelSpecError(f"{name} cannot be called as a model factory with {kwargs}: {e}") from e
         if not isinstance(model, nn.Module):
             raise ModelSpecError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
     else:
