@@ -150,3 +150,17 @@ def test_a_composition_equals_its_named_form_and_composes_with_others(backdoored
         update={"defense_options": {"clp": {"u": 0.5}, "sr": {"inner_rounds": 2}}})
     m = build_distiller(cfg, tmp_path / "clp", progress=False).run()
     assert m["clp_pruned_total"] > 0 and "sr_seconds" in m and "sv_detection" in m
+
+
+def test_a_run_killed_at_a_random_round_resumes_bit_for_bit(backdoored_teacher_dir, tmp_path) -> None:
+    """An interruption at a seeded random round (checkpointing every round, as a killed run's last
+    checkpoint would be) resumes to the uninterrupted run's metrics, student and curve."""
+    import random
+
+    rounds = 7
+    cut = random.Random(2026).randint(1, rounds - 1)
+    cfg = _cfg(backdoored_teacher_dir, "abd", rounds=rounds).model_copy(update={"checkpoint_every": 1})
+    full = build_distiller(cfg, tmp_path / "full", progress=False).run()
+    assert build_distiller(cfg, tmp_path / "cut", progress=False).run(stop_after=cut) is None
+    resumed = build_distiller(cfg, tmp_path / "cut", progress=False).run(resume=True)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut", full, resumed)
