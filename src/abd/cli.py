@@ -177,6 +177,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
             defense_opts[name] = {**defense_opts.get(name, {}), **given}
     cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts, "defense_options": defense_opts})
     resume = args.resume or args.resume_or_start
+    held = [f for f in ("metrics.json", "checkpoint.pt") if (Path(args.out) / f).is_file()]
+    if held and not resume and args.branch_from is None:  # never overwrite a run's results
+        state = "a finished run" if "metrics.json" in held else "an interrupted run"
+        raise ValueError(f"{args.out} already holds {state}: --resume continues it (or says it is finished); "
+                         "choose another --out for a new run")
     if resume:  # checked before anything in the folder is written
         from abd.experiment.runs import check_resume
 

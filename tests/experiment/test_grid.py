@@ -58,13 +58,17 @@ def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(back
     assert runs.run_or_reuse(other_sr, tmp_path / "run", progress=False) == first and not calls
     with_sr = other_sr.model_copy(update={"defense": "sr"})
     assert not runs.same_config(tmp_path / "run", with_sr.resolved().to_yaml())
-    # a changed default is a different run: it is not reused
+    # a changed default is a different run: it is not reused, and the finished one is not overwritten
     from abd.distill import base
 
     real_resolve = base.resolve_options
     monkeypatch.setattr(base, "resolve_options",
                         lambda name, o=None, p=None: real_resolve(name, {"at_beta": 0.0, **(o or {})}, p))
-    runs.run_or_reuse(cfg, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(runs.ResumeError, match="method_options.at_beta"):
+        runs.run_or_reuse(cfg, tmp_path / "run", progress=False)
+    assert not calls and (tmp_path / "run" / "metrics.json").read_bytes() == before
+    runs.run_or_reuse(cfg, tmp_path / "other", progress=False)  # elsewhere it runs
     assert calls
 
 

@@ -377,6 +377,7 @@ CASES: dict[str, Callable[[Ctx], Case]] = {
     "resume-without-checkpoint": lambda c: (_empty(c, "run"), Case(c.with_teacher(c.teacher, "--resume"),
                                                                    "no checkpoint.pt", protect_run=True))[1],
     "resume-finished-run": lambda c: _resume_finished(c, "--resume", phrase="already finished", code=0),
+    "new-run-into-a-finished-run": lambda c: _resume_finished(c, phrase="already holds a finished run"),
     "resume-or-start-finished-run": lambda c: _resume_finished(c, "--resume-or-start", phrase="already finished",
                                                                code=0),
     # -- incompatible --branch-from
