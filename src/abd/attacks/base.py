@@ -25,7 +25,7 @@ class Trigger(ABC):
     non-target images to the target. ``seed`` fixes procedurally generated patterns.
 
     Teacher defaults (``TeacherConfig`` uses them unless told otherwise): ``default_poison_rate``, the
-    poison rate, N = int(rate * len(train)) images (SPEC section 1), 0.1 as in the paper; and
+    poison rate, N = int(rate * len(train)) images, 0.1 as in the paper; and
     ``default_cutout``, the side of the Cutout square (DeVries & Taylor 2017) of the teacher's
     augmentation, as a fraction of the image side (0: none).
     """

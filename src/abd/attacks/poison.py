@@ -1,6 +1,6 @@
 """Poisoned training sets (dirty- and clean-label) and the triggered test set behind ASR.
 
-SPEC section 1: N = int(rate * len(train)). Dirty-label triggers stamp the first N images (index order)
+As in the paper's code, N = int(rate * len(train)). Dirty-label triggers stamp the first N images (index order)
 whose label differs from the target and relabel them to the target; clean-label triggers poison
 target-class images only (N capped at their count) and keep the labels.
 """

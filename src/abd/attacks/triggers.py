@@ -1,4 +1,4 @@
-"""The paper's trigger suite (SPEC section 2): blend-type and additive triggers, registered by name.
+"""The paper's trigger suite: blend-type and additive triggers, registered by name.
 
 Reference coordinates are for 32x32 RGB images. Other sizes are handled by ``Geometry``: for 28..32 px the
 reference pixel sizes are kept, anchored to the nearest border (e.g. badnet_sq stays a 4x4 block one pixel
@@ -21,7 +21,7 @@ REF_SIZE = 32
 LUMA = np.array([0.299, 0.587, 0.114])
 _CHUNK = 1024  # images processed at once in float64
 
-# Pattern P of badnet_grid / cl (rows top to bottom), SPEC section 2.
+# Pattern P of badnet_grid / cl (rows top to bottom).
 GRID_P = np.array([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=np.float64)
 
 # Measured trojan_3x3.png patch (rows 25-27, cols 25-27), channels R, G, B.

@@ -1,4 +1,4 @@
-"""Self-Retrospection (SR), Hong et al. ICML 2023, SPEC section 6.
+"""Self-Retrospection (SR), Hong et al. ICML 2023 (docs/defenses.md).
 
 SR synthesizes the trigger the student may have learned, as a batch-universal perturbation delta that
 most changes predictions, and unlearns it. Two ways to unlearn (``mode``):

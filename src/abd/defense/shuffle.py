@@ -1,4 +1,4 @@
-"""Shuffling Vaccine (SV), Hong et al. ICML 2023, SPEC section 5.
+"""Shuffling Vaccine (SV), Hong et al. ICML 2023 (docs/defenses.md).
 
 Copies of the teacher whose last conv layers have their input channels randomly permuted (randomized
 channel shuffling, Cai et al. NeurIPS 2022) lose clean features but keep the few-channel shortcut a
@@ -318,7 +318,7 @@ class ShufflingVaccine(nn.Module):
 
     def student_loss(self, per_sample: torch.Tensor, x: torch.Tensor, t_logits: torch.Tensor,
                      cap: torch.Tensor | None = None) -> torch.Tensor:
-        """SV for KD on fixed data (SPEC 5.4): mean over kept samples minus lambda * mean over flagged ones.
+        """SV for KD on fixed data: mean over kept samples minus lambda * mean over flagged ones.
 
         ``cap`` (per sample, e.g. the KD loss of a uniform prediction) bounds the flagged samples' loss: the
         student is pushed away from the teacher on them only until it is that far. The paper's term is
@@ -337,7 +337,7 @@ class ShufflingVaccine(nn.Module):
 
     @torch.no_grad()
     def verify(self, samples: torch.Tensor) -> VaccineReport:
-        """Vaccine verification (SPEC 5.5): re-shuffle until the synthetic samples show a low-KL tail."""
+        """Vaccine verification: re-shuffle until the synthetic samples show a low-KL tail."""
         report = VaccineReport(n_samples=len(samples))
         for trial in range(self.max_trials):
             s = -self.scores(samples)  # log10 d

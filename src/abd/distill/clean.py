@@ -1,4 +1,4 @@
-"""Clean-data KD (Hinton et al. 2015), the reference point: SPEC 4.4."""
+"""Clean-data KD (Hinton et al. 2015), the reference point."""
 
 from __future__ import annotations
 

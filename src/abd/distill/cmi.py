@@ -1,5 +1,4 @@
-"""Contrastive Model Inversion, CMI (Fang et al., IJCAI 2021; the CMI codebase's ``CMISynthesizer``),
-SPEC 4.2.
+"""Contrastive Model Inversion, CMI (Fang et al., IJCAI 2021; the CMI codebase's ``CMISynthesizer``).
 
 Each synthesis re-initializes a generator and optimizes it jointly with a learnable latent batch under
 the DeepInversion losses (teacher BatchNorm statistics, one-hot CE on random targets, an adversarial

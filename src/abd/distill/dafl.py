@@ -1,4 +1,4 @@
-"""Data-Free Learning of student networks, DAFL (Chen et al., ICCV 2019), SPEC 4.2.
+"""Data-Free Learning of student networks, DAFL (Chen et al., ICCV 2019).
 
 A generator is trained against the teacher alone, with no adversary: its images should make the teacher
 confident (one-hot cross-entropy on the teacher's own argmax), strongly activated (large penultimate

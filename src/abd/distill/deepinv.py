@@ -1,4 +1,4 @@
-"""DeepInversion (Yin et al., CVPR 2020; the CMI codebase's ``DeepInvSyn``), SPEC 4.2.
+"""DeepInversion (Yin et al., CVPR 2020; the CMI codebase's ``DeepInvSyn``).
 
 Pixels are optimized directly, from noise, so that the teacher's BatchNorm layers see batch statistics
 that match their running statistics, with a one-hot loss on random target classes, a total-variation

@@ -1,4 +1,4 @@
-"""Data-Free Adversarial Distillation, DFAD (Fang et al. 2019), SPEC 4.2.
+"""Data-Free Adversarial Distillation, DFAD (Fang et al. 2019).
 
 A min-max game on the L1 distance between teacher and student logits: the generator seeks images where
 they disagree most (maximizing the mean |T(x) - S(x)|), the student minimizes it on fresh generator

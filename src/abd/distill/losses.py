@@ -1,4 +1,4 @@
-"""KD losses. Every KL is teacher-first: kl(t, s) = KL(p_t || p_s) (SPEC notation)."""
+"""KD losses. Every KL is teacher-first: kl(t, s) = KL(p_t || p_s) (the paper's notation)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def attention_map(a: torch.Tensor) -> torch.Tensor:
 
 
 def attention_loss(s_feats: Sequence[torch.Tensor], t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum over layers of the mean squared difference of attention maps (SPEC 4.1)."""
+    """Sum over layers of the mean squared difference of attention maps."""
     if len(s_feats) != len(t_feats):
         raise ValueError(f"attention transfer needs as many student ({len(s_feats)}) as teacher "
                          f"({len(t_feats)}) feature layers")

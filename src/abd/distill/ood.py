@@ -1,5 +1,5 @@
 """KD on out-of-distribution data: patches of a single natural image (Asano & Saxena, "Extrapolating from a
-single image to a thousand classes"; the ABD reference's ``vanilla_kd_ood.py``), SPEC 4.3.
+single image to a thousand classes"; the ABD reference's ``vanilla_kd_ood.py``).
 
 The transfer set is made once, in memory: random crops of one image (or of every image in a folder) are
 resized, rotated, sheared and colour-jittered into ``n_patches`` patches of the teacher's size and
@@ -8,7 +8,7 @@ teacher predicts, up to ``n_patches / classes`` of the patches it is most confid
 class-balanced confident selection, Chen et al., "Learning student networks in the wild", CVPR 2021); on
 one image a digit teacher otherwise labels most patches as one or two classes. The student matches the
 teacher at temperature 8 (elementwise-mean KL, no tau^2) on augmented patches mixed with CutMix (inputs
-only). There is no synthesis, so the Shuffling Vaccine acts on the student loss (SPEC 5.4).
+only). There is no synthesis, so the Shuffling Vaccine acts on the student loss.
 """
 
 from __future__ import annotations

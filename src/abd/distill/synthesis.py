@@ -23,7 +23,7 @@ from abd.models.hooks import BNStatHook, bn_stat_hooks
 class SamplePool:
     """A FIFO ring of at most ``capacity`` samples (images or feature vectors), kept in memory.
 
-    Replaces the CMI codebase's ever-growing image folder on disk (SPEC 8: re-runs silently mixed old
+    Replaces the CMI codebase's ever-growing image folder on disk (there, re-runs silently mixed old
     images into the pool). ``state()``/``load_state()`` hold tensors only, for checkpoints.
     """
 
@@ -101,7 +101,7 @@ class Normalize(nn.Module):
 def normalized_generator(kind: str, z_dim: int, width: int, ctx: KDContext) -> nn.Module:
     """A registered generator whose output is a normalized image: generators that end in a sigmoid
     (``"cmi"``, ``"large"``: images in [0, 1]) get a :class:`Normalize` appended; the ZSKT generator's
-    output is already used as a normalized image (SPEC 4.1)."""
+    output is already used as a normalized image."""
     gen = create_generator(kind, z_dim=z_dim, channels=ctx.channels, image_size=ctx.image_size, width=width)
     if isinstance(list(gen.modules())[-1], nn.Sigmoid):
         gen = nn.Sequential(gen, Normalize(ctx.mean, ctx.std))

@@ -1,4 +1,4 @@
-"""Zero-Shot Knowledge Transfer (Micaelli & Storkey, NeurIPS 2019), SPEC 4.1.
+"""Zero-Shot Knowledge Transfer (Micaelli & Storkey, NeurIPS 2019).
 
 An adversarial generator seeks inputs where student and teacher disagree (maximizing their KL); the
 student then matches the teacher on them, with attention transfer on the block activations.

@@ -90,7 +90,7 @@ class _Generator(nn.Module):
 
 @GENERATORS.register("zskt")
 class ZSKTGenerator(_Generator):
-    """The ZSKT generator (Micaelli & Storkey 2019), SPEC 4.1.
+    """The ZSKT generator (Micaelli & Storkey 2019).
 
     Linear(z -> width x s/4 x s/4) -> BN -> Up x2 -> Conv3x3(width) -> BN -> LReLU(0.2) -> Up x2 ->
     Conv3x3(width/2) -> BN -> LReLU(0.2) -> Conv3x3(channels) -> BN(channels, affine). No tanh: the output
@@ -106,7 +106,7 @@ class ZSKTGenerator(_Generator):
 
 @GENERATORS.register("cmi")
 class CMIGenerator(_Generator):
-    """The CMI generator (Fang et al. 2021, "Contrastive Model Inversion"), SPEC 4.2.
+    """The CMI generator (Fang et al. 2021, "Contrastive Model Inversion").
 
     Linear(z -> 2w x s/4 x s/4) -> BN -> Up x2 -> Conv3x3(2w -> 2w, no bias) -> BN -> LReLU(0.2) -> Up x2 ->
     Conv3x3(2w -> w, no bias) -> BN -> LReLU(0.2) -> Conv3x3(w -> channels) -> Sigmoid; images in [0, 1]
@@ -123,7 +123,7 @@ class CMIGenerator(_Generator):
 
 @GENERATORS.register("large")
 class LargeGenerator(_Generator):
-    """The CMI codebase's ``LargeGenerator`` (used there for ZSKT/DAFL/DFQ/DFAD), SPEC 4.2.
+    """The CMI codebase's ``LargeGenerator`` (used there for ZSKT/DAFL/DFQ/DFAD).
 
     Linear(z -> 4w x s/4 x s/4) -> BN -> Up x2 -> Conv3x3(4w -> 2w, no bias) -> BN -> LReLU(0.2) -> Up x2 ->
     Conv3x3(2w -> w, no bias) -> BN -> LReLU(0.2) -> Conv3x3(w -> channels) -> Sigmoid; images in [0, 1].
