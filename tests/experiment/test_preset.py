@@ -60,3 +60,13 @@ def test_paper_preset_gives_the_vanilla_methods_as_published() -> None:
     assert opts("zskt")["generator"] == "zskt"  # ZSKT's own generator
     cpu = DistillConfig(teacher="t", method="dfad").resolved().method_options
     assert cpu["balance"] == 1.0  # ours differs, under its own name
+
+
+def test_the_tail_variants_floor_is_refused_with_the_paper_variant() -> None:
+    from pydantic import ValidationError
+
+    from abd.defense import SVOptions
+
+    assert SVOptions(variant="paper").floor is None  # the default floor does not apply to the paper's mask
+    with pytest.raises(ValidationError, match="belongs to variant 'tail'"):
+        SVOptions(variant="paper", floor=-3.0)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from abd.config import Config
 from abd.defense.base import Defense, register_defense
@@ -396,6 +396,14 @@ class SVOptions(Config):
                            "the teacher's answers over each synthetic batch (0: off)")
     bn_prior: float = Field(1.0, ge=0, description="weight of DeepInversion's distance of each synthetic batch's "
                             "feature statistics to the teacher's BatchNorm running statistics (0: off)")
+
+    @model_validator(mode="after")
+    def _variant_options(self) -> SVOptions:
+        if self.variant == "paper" and self.floor is not None:  # the tail variant's absolute flag
+            if "floor" in self.model_fields_set:
+                raise ValueError("sv option 'floor' belongs to variant 'tail'; with variant 'paper' leave it unset")
+            object.__setattr__(self, "floor", None)
+        return self
 
 
 TAIL_MARGIN = 2.0  # decades below the batch median (the tail threshold alone flagged ordinary samples and
