@@ -178,7 +178,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = DistillConfig(**{**cfg.model_dump(), "method_options": opts, "defense_options": defense_opts})
     resume = args.resume or args.resume_or_start
     held = [f for f in ("metrics.json", "checkpoint.pt") if (Path(args.out) / f).is_file()]
-    if held and not resume and args.branch_from is None:  # never overwrite a run's results
+    if held and not resume:  # never overwrite a run's results (a branch neither)
         state = "a finished run" if "metrics.json" in held else "an interrupted run"
         raise ValueError(f"{args.out} already holds {state}: --resume continues it (or says it is finished); "
                          "choose another --out for a new run")

@@ -77,6 +77,8 @@ def test_branching_from_a_different_run_is_refused(backdoored_teacher_dir, tmp_p
     with pytest.raises(BranchError, match="no sr_branch.pt"):
         build_distiller(_cfg(backdoored_teacher_dir, "sr"), tmp_path / "z", progress=False).run(
             branch_from=tmp_path / "y")
+    for refused in ("x", "y", "z"):  # a refused branch writes nothing into its folder
+        assert not any((tmp_path / refused).iterdir())
 
 
 def test_same_seed_same_numbers_and_sr_phase_diverges_from_vanilla(backdoored_teacher_dir, tmp_path) -> None:

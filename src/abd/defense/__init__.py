@@ -45,12 +45,14 @@ from abd.defense.base import (
     register_defense,
 )
 from abd.defense.clp import CLPOptions, channel_lipschitz, clp_prune
+from abd.defense.dhbe import DHBEOptions
 from abd.defense.hypergrad import fixed_point_hypergrad
 from abd.defense.retrospect import SelfRetrospection, SROptions, frozen_bn_stats, suspect_class
 from abd.defense.shuffle import ShufflingVaccine, SVOptions, VaccineReport, build_vaccine, shufflable_layers
 
 __all__ = [
     "CLPOptions",
+    "DHBEOptions",
     "COMPOSITIONS",
     "DEFENSES",
     "Defense",

@@ -253,6 +253,9 @@ class Distiller:
             source = (ckpt, self.out / "curve.jsonl")
         elif branch_from is not None:
             source = (self.check_branch(branch_from), Path(branch_from) / "curve.jsonl")
+        text = self.cfg.to_yaml()  # written once the checks passed (a refused branch leaves the folder as it was)
+        if not (self.out / "config.yaml").is_file() or (self.out / "config.yaml").read_text() != text:
+            (self.out / "config.yaml").write_text(text)
         if source is not None:
             self._load_checkpoint(source[0])
             records = [r for r in read_jsonl(source[1]) if r.get("round", 0) <= self.round]

@@ -47,12 +47,7 @@ def build_distiller(cfg: DistillConfig, out_dir: str | Path, progress: bool = Tr
         image_size=ds.image_size, mean=ds.mean, std=ds.std, device=device,
         dataset=ds if cfg.method == "clean" else None,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = cfg.resolved().to_yaml()
-    if not (out / "config.yaml").is_file() or (out / "config.yaml").read_text() != text:
-        (out / "config.yaml").write_text(text)  # a resumed run's folder is left as it is until a check passes
-    return Distiller(cfg, ctx, eval_data, out, progress=progress)
+    return Distiller(cfg, ctx, eval_data, out_dir, progress=progress)  # it writes config.yaml once its checks pass
 
 
 def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
