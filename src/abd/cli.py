@@ -131,7 +131,8 @@ def cmd_triggers(args: argparse.Namespace) -> int:
     return 0
 
 
-LISTS = {"models": "model", "datasets": "dataset", "trigger-list": "trigger"}  # command -> registry kind
+# command -> registry kind
+LISTS = {"models": "model", "datasets": "dataset", "trigger-list": "trigger", "detectors": "detector"}
 
 
 def _parse_options(pairs: Sequence[str] | None) -> dict:
@@ -266,6 +267,39 @@ def cmd_clp_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from abd.audit import DETECTORS, ModelSpec
+    from abd.audit.report import audit_model, verdict_line, write_audit
+    from abd.data import load_dataset
+    from abd.experiment.checkpoint import import_teacher, load_model
+
+    DETECTORS.get(args.detector)  # an unknown name fails here, with a suggestion
+    if args.weights is not None:  # a bare weights file: checked and written as a teacher folder first
+        if args.dir is not None or not args.model or not args.dataset:
+            raise ValueError("--weights needs --model NAME|module:factory and --dataset, and no teacher directory")
+        out = args.out or Path(args.weights).with_suffix("").with_name(Path(args.weights).stem + "_audit")
+        args.dir = import_teacher(args.weights, args.model, args.dataset, Path(out) / "teacher",
+                                  data_root=args.data_root, allow_cast=args.allow_cast)
+    elif args.dir is None:
+        raise ValueError("give a teacher directory, or --weights FILE --model NAME --dataset NAME")
+    model, meta = load_model(args.dir, "teacher")
+    ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))  # its geometry only
+    spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
+    from abd.utils import torch_threads
+
+    with torch_threads(args.threads):
+        result = audit_model(model, spec, args.detector, _parse_options(args.opt), args.device, args.seed)
+    out = Path(args.out) if args.out is not None else Path(args.dir) / "audit"
+    imported = "imported_from" in meta  # a foreign file says nothing about how it was made
+    reference = {} if imported else {k: meta[k] for k in ("trigger", "target") if k in meta}
+    paths = write_audit(result, out, reference=reference or None)
+    print(verdict_line(result))
+    if reference:
+        print(f"(the folder says it was made with {reference}; the audit did not read that)")
+    print(f"{result.seconds:.1f} s; {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
 def cmd_defenses(args: argparse.Namespace) -> int:
     from abd.defense import COMPOSITIONS, DEFENSES
 
@@ -381,6 +415,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("methods", help="list KD methods")
     me.set_defaults(func=cmd_methods)
+    au = sub.add_parser("audit", help="is this model backdoored, and which class? From its weights alone")
+    au.add_argument("dir", type=Path, nargs="?", default=None, help="teacher directory (teacher.safetensors + "
+                    "teacher.json)")
+    au.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                    help="a bare weights file instead (.safetensors, or a .pt/.pth state dict read with "
+                         "weights_only=True)")
+    au.add_argument("--model", default=None, metavar="NAME|module:factory", help="its architecture (with --weights)")
+    au.add_argument("--dataset", default=None, help="its input format: a registered dataset (with --weights)")
+    au.add_argument("--allow-cast", action="store_true", help="accept weights of another dtype (cast)")
+    au.add_argument("--detector", default="mmbd", help="a registered detector (`abd detectors` lists them)")
+    au.add_argument("--opt", action="append", metavar="KEY=VALUE", help="detector option (repeatable)")
+    au.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/audit)")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--device", default="auto")
+    au.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    au.add_argument("--data-root", default=None)
+    au.set_defaults(func=cmd_audit)
     dl = sub.add_parser("defenses", help="list defenses, their options and the named compositions")
     dl.set_defaults(func=cmd_defenses)
     cs = sub.add_parser("clp-sweep", help="CLP (data-free channel pruning) at several thresholds u on a saved "

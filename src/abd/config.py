@@ -49,11 +49,12 @@ _REGISTRIES: dict[str, tuple[str, str]] = {
     "trigger": ("abd.attacks", "TRIGGERS"),
     "method": ("abd.distill", "METHODS"),
     "defense": ("abd.defense", "DEFENSES"),
+    "detector": ("abd.audit", "DETECTORS"),
 }
 
 
 def registry_of(kind: str) -> Registry:
-    """The registry of ``kind`` ("dataset", "model", "trigger", "method" or "defense")."""
+    """The registry of ``kind`` ("dataset", "model", "trigger", "method", "defense" or "detector")."""
     module, attr = _REGISTRIES[kind]
     return getattr(importlib.import_module(module), attr)
 
