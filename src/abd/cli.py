@@ -300,6 +300,39 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from abd.audit.zoo import build_zoo, zoo_recipe
+
+    rows = build_zoo(args.out, zoo_recipe(args.recipe), workers=args.workers)
+    for name, r in rows.items():
+        print(f"{name:24s} {r['trigger']:12s} target {r['target']}  ACC {100 * r['acc']:.1f}%  "
+              f"ASR {100 * (r['asr'] or 0):.1f}%")
+    print(f"{len(rows)} teachers -> {args.out}")
+    return 0
+
+
+def cmd_audit_bench(args: argparse.Namespace) -> int:
+    from abd.audit import DETECTORS
+    from abd.audit.zoo import audit_bench
+
+    detectors = [d.strip() for d in args.detectors.split(",")] if args.detectors else DETECTORS.names()
+    for d in detectors:
+        DETECTORS.get(d)
+    out = args.out or Path(args.zoo) / "audit_bench"
+    with torch_threads_ctx(args.threads):
+        result = audit_bench(args.zoo, detectors, out, device=args.device)
+    print((Path(out) / "audit_bench.md").read_text().split("\n\n| teacher")[0])
+    print(f"-> {out}/audit_bench.md, audit_bench.json, roc.png")
+    return 0 if result["summary"] else 1
+
+
+def torch_threads_ctx(n: int):
+    """``abd.utils.torch_threads`` (imported late: the CLI starts fast)."""
+    from abd.utils import torch_threads
+
+    return torch_threads(n)
+
+
 def cmd_defenses(args: argparse.Namespace) -> int:
     from abd.defense import COMPOSITIONS, DEFENSES
 
@@ -432,6 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     au.add_argument("--data-root", default=None)
     au.set_defaults(func=cmd_audit)
+    zo = sub.add_parser("zoo", help="train (or reuse) the teacher zoo: clean and backdoored teachers of two "
+                        "architectures, for abd audit-bench")
+    zo.add_argument("--out", type=Path, required=True)
+    zo.add_argument("--recipe", type=Path, default=None, help="a zoo YAML (default: the packaged zoo.yaml)")
+    zo.add_argument("--workers", type=int, default=2, help="teachers trained at a time")
+    zo.set_defaults(func=cmd_zoo)
+    ab = sub.add_parser("audit-bench", help="every detector on every teacher of a zoo: ROC-AUC, TPR at 5%% FPR, "
+                        "cross-entropy, target-class accuracy, seconds")
+    ab.add_argument("zoo", type=Path, help="a folder of teacher folders (abd zoo --out)")
+    ab.add_argument("--detectors", default=None, help="comma-separated (default: all registered)")
+    ab.add_argument("--out", type=Path, default=None, help="default: ZOO/audit_bench")
+    ab.add_argument("--device", default="cpu")
+    ab.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ab.set_defaults(func=cmd_audit_bench)
     dl = sub.add_parser("defenses", help="list defenses, their options and the named compositions")
     dl.set_defaults(func=cmd_defenses)
     cs = sub.add_parser("clp-sweep", help="CLP (data-free channel pruning) at several thresholds u on a saved "

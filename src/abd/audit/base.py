@@ -55,6 +55,7 @@ class AuditResult:
     detector: str
     score: float
     threshold: float
+    probability: float  # the detector's probability that the model is backdoored (for cross-entropy)
     target_class: int
     per_class: list[float]
     statistic: str
@@ -69,6 +70,7 @@ class AuditResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"backdoored": self.backdoored, "score": self.score, "threshold": self.threshold,
+                "probability": self.probability,
                 "target_class": self.target_class, "detector": self.detector, "statistic": self.statistic,
                 "per_class": self.per_class, "seconds": self.seconds,
                 **{k: v for k, v in self.extra.items() if not isinstance(v, torch.Tensor)}}

@@ -94,6 +94,7 @@ class MMBD(Detector):
         top, p = order_pvalue(best.double().numpy())
         median = int(best.argsort()[len(best) // 2])  # a typical class's max-margin image, for comparison
         return AuditResult(detector=self.name, score=-math.log10(p), threshold=-math.log10(o.alpha),
+                           probability=1.0 - p,
                            target_class=top, per_class=[float(v) for v in best], statistic="max margin",
                            seconds=time.perf_counter() - start, trigger=images[top],
                            extra={"p_value": p, "reference_image": images[median]})

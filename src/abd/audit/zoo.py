@@ -1,0 +1,172 @@
+"""The teacher zoo (``abd zoo``) and the detectors' benchmark on it (``abd audit-bench``).
+
+The zoo is clean and backdoored teachers of two architectures, its recipe a YAML file in the package
+(``zoo.yaml``). The benchmark runs every detector on every teacher and reports ROC-AUC, the true-positive
+rate at 5 % false positives, the TrojAI cross-entropy of the detector's probability, how often the
+suspected class is the real target on the backdoored teachers, and seconds per teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from abd.experiment.config import TeacherConfig
+from abd.utils import write_json
+
+
+def zoo_recipe(path: str | Path | None = None) -> dict[str, TeacherConfig]:
+    """The zoo's teachers by folder name, validated (default: the packaged ``zoo.yaml``)."""
+    text = Path(path).read_text() if path else resources.files("abd.audit").joinpath("zoo.yaml").read_text()
+    raw = yaml.safe_load(text)
+    base = raw.get("defaults", {})
+    return {name: TeacherConfig.model_validate({**base, **entry}) for name, entry in raw["teachers"].items()}
+
+
+def _train(cfg: TeacherConfig, out: Path) -> dict[str, Any]:
+    from abd.experiment.runs import ensure_teacher
+    from abd.utils import torch_threads
+
+    with torch_threads(1):
+        return ensure_teacher(cfg, out)
+
+
+def build_zoo(out_dir: str | Path, recipe: dict[str, TeacherConfig] | None = None, workers: int = 2,
+              progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) every teacher of the recipe into ``out_dir/<name>``; their metrics by name, also
+    written to ``zoo.json``."""
+    recipe = recipe if recipe is not None else zoo_recipe()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(recipe), desc="zoo", unit="teacher", disable=not progress)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train, cfg, out / name): name for name, cfg in recipe.items()}
+        for f in as_completed(futures):
+            results[futures[f]] = f.result()
+            bar.update(1)
+    bar.close()
+    rows = {name: {"model": recipe[name].model, "trigger": recipe[name].trigger, "target": recipe[name].target,
+                   **{k: results[name].get(k) for k in ("acc", "asr", "target_acc")}} for name in recipe}
+    write_json(out / "zoo.json", rows)
+    return rows
+
+
+def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 0.05) -> float:
+    """The largest true-positive rate with a false-positive rate <= `fpr` (thresholds at the scores)."""
+    best = 0.0
+    neg, pos = scores[labels == 0], scores[labels == 1]
+    for t in np.unique(scores):
+        if (neg >= t).mean() <= fpr:
+            best = max(best, float((pos >= t).mean()))
+    return best
+
+
+def cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """TrojAI's cross-entropy of the detector's probabilities, clipped to [1e-12, 1 - 1e-12]."""
+    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, device: str = "cpu",
+                min_asr: float = 0.5, options: dict[str, dict[str, Any]] | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Every detector on every teacher of `zoo_dir`; ``audit_bench.json``, ``.md`` and ``roc.png`` in
+    `out_dir`. A teacher is backdoored when it was poisoned and its backdoor works (ASR >= `min_asr`); a
+    poisoned teacher whose backdoor did not take is left out and listed."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from abd.audit import ModelSpec
+    from abd.audit.report import audit_model
+    from abd.data import load_dataset
+    from abd.experiment.checkpoint import load_model
+
+    zoo = Path(zoo_dir)
+    teachers = sorted(p.parent for p in zoo.glob("*/teacher.json"))
+    if not teachers:
+        raise ValueError(f"{zoo} holds no teacher folders (run `abd zoo --out {zoo}` first)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = [], []
+    for t in tqdm(teachers, desc="audit-bench", unit="teacher", disable=not progress):
+        model, meta = load_model(t, "teacher")
+        metrics = json.loads((t / "metrics.json").read_text())
+        poisoned = meta.get("trigger", "none") != "none"
+        if poisoned and metrics.get("asr", 0) < min_asr:
+            skipped.append({"teacher": t.name, "asr": metrics.get("asr")})
+            continue
+        ds = load_dataset(meta["dataset"], root=meta.get("data_root"))
+        spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
+        for name in detectors:
+            r = audit_model(model, spec, name, (options or {}).get(name), device=device, progress=False)
+            rows.append({"teacher": t.name, "model": meta.get("arch", {}).get("name"), "detector": name,
+                         "backdoored": int(poisoned), "target": meta.get("target") if poisoned else None,
+                         "score": r.score, "probability": r.probability, "flagged": r.backdoored,
+                         "suspect": r.target_class, "seconds": r.seconds})
+    summary = {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for name in detectors:
+        mine = [r for r in rows if r["detector"] == name]
+        y = np.array([r["backdoored"] for r in mine])
+        s = np.array([r["score"] for r in mine])
+        prob = np.array([r["probability"] for r in mine])
+        both = len(set(y.tolist())) == 2
+        hits = [r["suspect"] == r["target"] for r in mine if r["backdoored"]]
+        summary[name] = {
+            "auc": float(roc_auc_score(y, s)) if both else math.nan,
+            "tpr_at_5fpr": tpr_at_fpr(y, s) if both else math.nan,
+            "cross_entropy": cross_entropy(y, prob),
+            "target_class_accuracy": float(np.mean(hits)) if hits else math.nan,
+            "accuracy": float(np.mean([r["flagged"] == bool(r["backdoored"]) for r in mine])),
+            "seconds_per_teacher": float(np.mean([r["seconds"] for r in mine])),
+            "n_backdoored": int(y.sum()), "n_clean": int(len(y) - y.sum()),
+        }
+        if both:
+            fpr, tpr, _ = roc_curve(y, s)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {summary[name]['auc']:.2f})")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=120)
+    plt.close(fig)
+    result = {"summary": summary, "rows": rows, "skipped": skipped, "min_asr": min_asr, "zoo": str(zoo)}
+    write_json(out / "audit_bench.json", result)
+    (out / "audit_bench.md").write_text(bench_markdown(result))
+    return result
+
+
+def bench_markdown(result: dict[str, Any]) -> str:
+    """The benchmark as Markdown: one row per detector, then one per teacher."""
+    lines = ["# abd audit-bench", "",
+             "| detector | ROC-AUC | TPR @ 5 % FPR | cross-entropy | accuracy at its threshold | target class right "
+             "| s / teacher | backdoored / clean |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in result["summary"].items():
+        lines.append(f"| {name} | {s['auc']:.3f} | {100 * s['tpr_at_5fpr']:.0f} % | {s['cross_entropy']:.3f} | "
+                     f"{100 * s['accuracy']:.0f} % | {100 * s['target_class_accuracy']:.0f} % | "
+                     f"{s['seconds_per_teacher']:.1f} | {s['n_backdoored']} / {s['n_clean']} |")
+    lines += ["", "| teacher | detector | backdoored (target) | score | flagged | suspect class |",
+              "|---|---|---|---:|---|---:|"]
+    for r in result["rows"]:
+        truth = f"yes ({r['target']})" if r["backdoored"] else "no"
+        lines.append(f"| {r['teacher']} | {r['detector']} | {truth} | {r['score']:.2f} | "
+                     f"{'yes' if r['flagged'] else 'no'} | {r['suspect']} |")
+    if result["skipped"]:
+        lines += ["", f"Left out (poisoned, but the backdoor did not take: ASR < {100 * result['min_asr']:.0f} %): "
+                  + ", ".join(f"{s['teacher']} (ASR {100 * s['asr']:.1f} %)" for s in result["skipped"])]
+    return "\n".join(lines) + "\n"

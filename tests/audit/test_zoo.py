@@ -1,0 +1,54 @@
+"""The zoo recipe, the benchmark's metrics, and ``abd audit-bench`` on a small real zoo."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abd.audit.zoo import audit_bench, cross_entropy, tpr_at_fpr, zoo_recipe
+
+
+def test_packaged_recipe_is_valid_and_varied() -> None:
+    recipe = zoo_recipe()
+    triggers = {c.trigger for c in recipe.values()}
+    assert len(triggers - {"none"}) == 11 and "none" in triggers
+    assert len({c.model for c in recipe.values()}) >= 2
+    assert len({c.target for c in recipe.values() if c.trigger != "none"}) >= 4  # not always class 0
+    assert len({c.poison_rate for c in recipe.values()}) >= 3
+
+
+def test_tpr_at_fpr_and_cross_entropy() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.95, 0.4, 0.99])
+    assert tpr_at_fpr(labels, scores, fpr=0.0) == 0.5  # above 0.9 (the highest clean score): 2 of 4
+    assert tpr_at_fpr(labels, scores, fpr=0.25) == 1.0  # above 0.3, one clean model flagged
+    assert cross_entropy(np.array([1, 0]), np.array([1.0, 0.0])) == pytest.approx(1e-12, abs=1e-11)  # clipped
+    assert cross_entropy(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(math.log(2))
+
+
+def test_audit_bench_on_a_small_zoo(backdoored_teacher_dir: Path, tmp_path: Path) -> None:
+    from abd.attacks.teacher import train_teacher
+    from abd.experiment.config import TeacherConfig
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(backdoored_teacher_dir, zoo / "grid")
+    for seed in (0, 1):
+        train_teacher(TeacherConfig(trigger="none", epochs=4, seed=seed, device="cpu"), zoo / f"clean{seed}",
+                      progress=False)
+    fast = {"mmbd": {"starts": 4, "steps": 150}}
+    result = audit_bench(zoo, ["mmbd"], tmp_path / "bench", options=fast, progress=False)
+    s = result["summary"]["mmbd"]
+    assert (s["n_backdoored"], s["n_clean"]) == (1, 2)
+    grid = next(r for r in result["rows"] if r["teacher"] == "grid")
+    clean = [r["score"] for r in result["rows"] if r["teacher"] != "grid"]
+    assert s["auc"] == pytest.approx(np.mean([(grid["score"] > c) + 0.5 * (grid["score"] == c) for c in clean]))
+    assert s["target_class_accuracy"] == float(grid["suspect"] == 0)
+    saved = json.loads((tmp_path / "bench" / "audit_bench.json").read_text())
+    assert saved["summary"]["mmbd"]["auc"] == s["auc"]
+    assert "| mmbd |" in (tmp_path / "bench" / "audit_bench.md").read_text()
+    assert (tmp_path / "bench" / "roc.png").stat().st_size > 0
