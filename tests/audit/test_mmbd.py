@@ -90,3 +90,29 @@ def test_audit_input_errors_are_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("abd: error:") for line in err) and len(err) == 3
     assert "mmbd" in err[2] and "mmbd" in DETECTORS.names()
+
+
+class Shortcut(nn.Module):
+    """Two convs; class 3's logit reads the sum over channels (unchanged by a channel shuffle) of a feature
+    that fires on any input, the other classes read single channels (scrambled by it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            self.c2.weight.copy_(torch.eye(4).view(4, 4, 1, 1) * 3)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3))
+        out = self.fc(h)
+        return torch.cat([out[:, :3], 10 * h.sum(1, keepdim=True), out[:, 4:]], 1)
+
+
+def test_shuffle_detector_names_the_class_its_shuffled_copies_lean_to() -> None:
+    r = create_detector("shuffle", {"copies": 3, "inputs": 16}).run(Shortcut(), SPEC, torch.device("cpu"))
+    assert r.target_class == 3 and r.backdoored and abs(sum(r.per_class) - 1) < 1e-5
+    assert r.extra["layer"] == "c2"  # the last conv with more than one input channel
+    with pytest.raises(ValueError, match="no conv layer"):
+        create_detector("shuffle").run(Linear(), SPEC, torch.device("cpu"))

@@ -13,6 +13,7 @@
 
 from abd.audit.base import DETECTORS, AuditResult, Detector, ModelSpec, create_detector, register_detector
 from abd.audit.mmbd import MMBD, MMBDOptions, max_margins, order_pvalue
+from abd.audit.shuffle import ShuffleDetector, ShuffleOptions
 
 __all__ = [
     "DETECTORS",
@@ -21,6 +22,8 @@ __all__ = [
     "Detector",
     "MMBDOptions",
     "ModelSpec",
+    "ShuffleDetector",
+    "ShuffleOptions",
     "create_detector",
     "max_margins",
     "order_pvalue",
