@@ -166,3 +166,21 @@ def test_a_run_killed_at_a_random_round_resumes_bit_for_bit(backdoored_teacher_d
     assert build_distiller(cfg, tmp_path / "cut", progress=False).run(stop_after=cut) is None
     resumed = build_distiller(cfg, tmp_path / "cut", progress=False).run(resume=True)
     _assert_same_run(tmp_path / "full", tmp_path / "cut", full, resumed)
+
+
+@pytest.mark.parametrize("defense", ["none", "sv", "dhbe"])
+def test_profile_splits_the_training_time(backdoored_teacher_dir, tmp_path, defense: str) -> None:
+    """metrics.json's profile: every part measured, the parts cover the training time (what is left, the
+    loop's own bookkeeping, is under 5 %), and a defense's parts are non-zero only where it acts."""
+    cfg = _cfg(backdoored_teacher_dir, defense, rounds=8).model_copy(update={"eval_every": 100})
+    m = build_distiller(cfg, tmp_path / "run", progress=False).run()
+    prof = m["profile"]
+    assert set(prof) == {"synthesis", "defense_synthesis", "sample", "teacher_forward", "student_step",
+                         "defense_step", "other"}
+    assert all(v >= 0 for k, v in prof.items() if k != "other")
+    assert sum(prof.values()) == pytest.approx(m["seconds"])
+    assert abs(prof["other"]) < 0.05 * m["seconds"]
+    assert prof["synthesis"] > 0 and prof["teacher_forward"] > 0 and prof["student_step"] > 0
+    share = {k: v / m["seconds"] for k, v in prof.items()}
+    assert (share["defense_synthesis"] > 0.01) == (defense == "sv")  # SV's term on the synthesis loss
+    assert (share["defense_step"] > 0.01) == (defense == "dhbe")  # DHBE's term on the student's step

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+PROFILE_PARTS = ("synthesis", "defense_synthesis", "sample", "teacher_forward", "student_step", "defense_step")
+
+
 class Distiller:
     """Runs `method` from `teacher` into `student`, with the defense of `cfg`, writing into `out_dir`.
 
@@ -127,6 +131,9 @@ class Distiller:
         self.t_names, self.s_names = t_names, s_names
         self.round = 0
         self.train_seconds = 0.0
+        # where the training time goes (seconds): the method's synthesis, the defense's synthesis term, drawing
+        # KD batches, the teacher's forward on them, the student's step, the defense's step term or target
+        self.profile: dict[str, float] = dict.fromkeys(PROFILE_PARTS, 0.0)
         self.extra: dict[str, Any] = {}
 
     def _late_start(self, options: dict[str, Any]) -> int | None:
@@ -152,14 +159,30 @@ class Distiller:
         if phase.lr is not None:
             self._phase_optimizer(phase.lr, r)
 
+    def _timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, its time added to ``profile[part]``."""
+
+        def run(*args: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.profile[part] += time.perf_counter() - t0
+
+        return run
+
     def _student_step(self, x: torch.Tensor) -> dict[str, float]:
+        t0 = time.perf_counter()
         with ExitStack() as stack, torch.no_grad():
             t_feats = stack.enter_context(capture_features(self.teacher, self.t_names)) if self.use_features else []
             t_logits = t_raw = self.teacher(x)
             t_feats = list(t_feats)
-        if self.ctx.kd_target is not None:  # set when the SR phase starts
+        self.profile["teacher_forward"] += time.perf_counter() - t0
+        if self.ctx.kd_target is not None:  # set when the SR phase starts (the defense's time)
+            t0 = time.perf_counter()
             with torch.no_grad():
                 t_logits = self.ctx.kd_target(x, t_raw)
+            self.profile["defense_step"] += time.perf_counter() - t0
         with ExitStack() as stack:
             s_feats = stack.enter_context(capture_features(self.student, self.s_names)) if self.use_features else []
             s_logits = self.student(x)
@@ -180,9 +203,11 @@ class Distiller:
         share = float(torch.bincount(t_logits.argmax(1)).max()) / len(t_logits)
         logs: dict[str, float] = {"loss_s": float(loss.detach()), "kd_max_share": share}
         if self.defense is not None:
+            t0 = time.perf_counter()
             term = self.defense.step_term(x, t_raw, t_logits, self.round)
             if term is not None:
                 loss = loss + term
+            self.profile["defense_step"] += time.perf_counter() - t0
         loss.backward()
         clip = self.method.opts.grad_clip
         if clip is not None and (self.defense is None or self.defense.clip_grad()):
@@ -274,18 +299,29 @@ class Distiller:
         bar = tqdm(range(self.round, self.rounds), desc=f"{self.cfg.method}+{self.cfg.defense}",
                    unit="round", disable=not self.progress, initial=self.round, total=self.rounds)
         d = self.defense
-        hook = d.synthesis_term if (d is not None and d.has_synthesis_term) else None
+        hook = self._timed("defense_synthesis", d.synthesis_term) if (d is not None and d.has_synthesis_term) \
+            else None
         logs: dict[str, float] = {}
+        prof = self.profile
         for r in bar:
             self.round = r
             t0 = time.perf_counter()
             self._begin_round(r)
             self.student.train()
+            t1 = time.perf_counter()
+            inner = prof["defense_synthesis"]
             logs = dict(self.method.synthesize(hook))
+            prof["synthesis"] += time.perf_counter() - t1 - (prof["defense_synthesis"] - inner)
             for _ in range(self.method.opts.kd_steps):
+                t1 = time.perf_counter()
                 x = self.method.sample()
                 self._observe(x)
+                t2 = time.perf_counter()
+                prof["sample"] += t2 - t1
+                inner = prof["teacher_forward"] + prof["defense_step"]
                 logs.update(self._student_step(x))
+                prof["student_step"] += time.perf_counter() - t2 - (prof["teacher_forward"] + prof["defense_step"]
+                                                                   - inner)
             self.sched.step()
             self.method.on_round_end(r)
             self.train_seconds += time.perf_counter() - t0
@@ -312,6 +348,7 @@ class Distiller:
         m.update(
             seconds=self.train_seconds,
             seconds_per_step=self.train_seconds / max(1, self.rounds),
+            profile={**self.profile, "other": self.train_seconds - sum(self.profile.values())},
             rounds=self.rounds,
             method=self.cfg.method,
             defense=self.cfg.defense,
@@ -346,6 +383,7 @@ class Distiller:
         st: dict[str, Any] = {
             "round": self.round,
             "train_seconds": self.train_seconds,
+            "profile": dict(self.profile),
             "student": self.student.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
@@ -372,6 +410,7 @@ class Distiller:
             raise BranchError(f"{path} was written by an earlier version of abd (before defenses were plug-ins): "
                               "start the run afresh")
         self.round, self.train_seconds = st["round"], st["train_seconds"]
+        self.profile.update(st.get("profile", {}))
         self.student.load_state_dict(st["student"])
         if self.defense is not None:  # a part the state lacks (a branch of the run without it) starts fresh
             self.defense.load_parts(st.get("defense", {}))
