@@ -78,7 +78,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
             bp = dcfg.branch_parent
             parent = out / f"seed{seed}" / _parent_arm(arm, bp) if bp is not None else None
             jobs.append(Job(dcfg, out / f"seed{seed}" / arm, parent, f"[seed {seed}] {arm}"))
-    metrics = run_jobs(jobs, cfg.workers, progress)
+    metrics = run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)
     per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
     for job, m in zip(jobs, metrics):
         per_arm[job.run_dir.name].append(m)

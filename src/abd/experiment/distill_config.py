@@ -187,6 +187,10 @@ class StudyConfig(Config):
     device: str = "auto"
     threads: int = Field(1, ge=0, description="torch CPU threads (0: torch's default)")
     workers: int = Field(2, ge=1, description="runs at a time, one process each (numbers do not depend on it)")
+    engine: Literal["local", "ray"] = Field("local", description="local processes, or Ray tasks (pip install "
+                                            "'abd[ray]')")
+    address: str | None = Field(None, description="with engine ray: the cluster's address (default: a local "
+                                "Ray instance with `workers` CPUs)")
 
     @model_validator(mode="before")
     @classmethod

@@ -76,7 +76,7 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
                 parent = out / f"seed{seed}" / f"{method}+{bp}" if bp is not None else None
                 jobs.append(Job(dcfg, out / f"seed{seed}" / f"{method}+{defense}", parent,
                                 f"[seed {seed}] {method}+{defense}"))
-    for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress)):
+    for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)):
         runs.setdefault(job.run_dir.name, []).append(m)
     rows = {"teacher": aggregate(teachers, GRID_KEYS)}
     rows.update({k: aggregate(v, GRID_KEYS) for k, v in runs.items()})

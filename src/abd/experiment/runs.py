@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -187,9 +188,54 @@ def _run_job(job: Job, progress: bool = False) -> dict[str, Any]:
     return run_or_reuse(job.cfg, job.run_dir, job.branch_parent, progress)
 
 
-def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+def _run_job_in(cwd: str, job: Job) -> dict[str, Any]:
+    """`job` with `cwd` as the working directory (a Ray worker starts elsewhere; run folders are relative)."""
+    os.chdir(cwd)
+    return _run_job(job)
+
+
+RAY_HINT = "--engine ray needs Ray: pip install 'abd[ray]' (or pip install ray)"
+
+
+def ray_task_options(job: Job, max_retries: int = 3) -> dict[str, Any]:
+    """What a run asks Ray for: one CPU (with its ``threads``), a GPU when it runs on CUDA, and retries when
+    its worker dies (the retried run resumes from its checkpoint)."""
+    gpus = 1 if str(job.cfg.device).startswith("cuda") else 0
+    return {"num_cpus": max(1, job.cfg.threads), "num_gpus": gpus, "max_retries": max_retries}
+
+
+def _run_ray(jobs: list[Job], waves: list[list[int]], workers: int, address: str | None,
+             report: Any, progress: bool) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(RAY_HINT) from None
+    started = not ray.is_initialized()
+    if started:  # a local instance sized to `workers` CPUs, or the cluster at `address`
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    task = ray.remote(_run_job_in)
+    cwd = os.getcwd()
+    bar = tqdm(total=len(jobs), desc="runs (ray)", unit="run", disable=not progress)
+    try:
+        for wave in waves:
+            refs = {task.options(**ray_task_options(jobs[i])).remote(cwd, jobs[i]): i for i in wave}
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                report(refs[done[0]], ray.get(done[0]))
+                bar.update(1)
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True, engine: str = "local",
+             address: str | None = None) -> list[dict[str, Any]]:
     """The metrics of every job, in order: run (or reused, resumed), up to `workers` at a time in separate
-    processes. Each run seeds itself, so the numbers do not depend on `workers`. A job whose parent is
+    processes, or as Ray tasks (``engine="ray"``, on the cluster at `address` or a local instance). Each
+    run seeds itself, so the numbers do not depend on `workers` or the engine. A job whose parent is
     another job's directory waits for it (it branches from the parent's saved state)."""
     results: dict[int, dict[str, Any]] = {}
     dirs = {Path(j.run_dir) for j in jobs}
@@ -204,6 +250,9 @@ def run_jobs(jobs: list[Job], workers: int = 1, progress: bool = True) -> list[d
                        f"{100 * m.get('asr', nan):.1f}%  target ACC {100 * m.get('target_acc', nan):.1f}%  "
                        f"{m['seconds']:.0f} s")
 
+    if engine == "ray":
+        _run_ray(jobs, waves, workers, address, report, progress)
+        return [results[i] for i in range(len(jobs))]
     if workers <= 1:
         for wave in waves:
             for i in wave:

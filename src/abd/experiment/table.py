@@ -302,7 +302,7 @@ def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> d
             for defense in defenses:  # the paper preset's rounds (80000) are not the CPU rows'
                 add(seed, trigger, PAPER_METHOD, defense, "paper", {"rounds": cfg.method_rounds(PAPER_METHOD)})
 
-    metrics = run_jobs(jobs, cfg.workers, progress)
+    metrics = run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)
     per_row: dict[tuple[str, str, str, str | None], dict[int, dict[str, Any]]] = {}
     for (s, t), m in teacher_metrics.items():
         per_row.setdefault((t, "teacher", "none", None), {})[s] = m
