@@ -156,10 +156,11 @@ def test_best_defense_is_the_lowest_asr_within_three_points_of_vanilla_acc() -> 
 
     rows = {"zskt+none": {"acc": 0.90, "asr": 0.95}, "zskt+abd": {"acc": 0.88, "asr": 0.02},
             "zskt+clp": {"acc": 0.80, "asr": 0.00},  # lower ASR, but 10 points of ACC
-            "cmi+none": {"acc": 0.10, "asr": 1.0},  # collapsed vanilla: any ACC counts
+            "cmi+none": {"acc": 0.10, "asr": 1.0},  # collapsed vanilla: the best defended ACC is the reference
             "cmi+abd": {"acc": 0.85, "asr": 0.30}, "cmi+clp": {"acc": 0.50, "asr": 0.10},
+            "cmi+dhbe": {"acc": 0.83, "asr": 0.20},
             "dfad+none": {"acc": 0.90, "asr": 0.5}, "dfad+abd": {"acc": 0.70, "asr": 0.0}}
-    w = best_defenses(rows, ["zskt", "cmi", "dfad"], ["abd", "clp"])
-    assert w["zskt"]["defense"] == "abd" and w["cmi"]["defense"] == "clp" and w["dfad"] is None
+    w = best_defenses(rows, ["zskt", "cmi", "dfad"], ["abd", "clp", "dhbe"])
+    assert w["zskt"]["defense"] == "abd" and w["cmi"]["defense"] == "dhbe" and w["dfad"] is None
     lines = winner_lines(w)
-    assert "**abd**" in lines[0] and "no defense" in lines[2]
+    assert "**abd**" in lines[0] and "vanilla collapsed (10.0 % ACC)" in lines[1] and "no defense" in lines[2]
