@@ -1,5 +1,7 @@
 """Auditing an untrusted model from its weights alone: registered detectors (``abd audit``).
 
+The package is also callable: ``abd.audit(model, dataset="mnist5k")`` is :func:`abd.api.audit`.
+
 >>> import torch
 >>> from abd.audit import ModelSpec, create_detector
 >>> from abd.models import create_model
@@ -11,6 +13,7 @@
 (['backdoored', 'detector', 'p_value', 'per_class'], 10)
 """
 
+from abd.api import make_callable
 from abd.audit.base import DETECTORS, AuditResult, Detector, ModelSpec, create_detector, register_detector
 from abd.audit.mmbd import MMBD, MMBDOptions, max_margins, order_pvalue
 from abd.audit.shuffle import ShuffleDetector, ShuffleOptions
@@ -29,3 +32,6 @@ __all__ = [
     "order_pvalue",
     "register_detector",
 ]
+
+
+make_callable(__name__, "audit")

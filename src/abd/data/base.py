@@ -11,6 +11,7 @@ import numpy as np
 from abd.registry import Registry
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
+register_dataset = DATASETS.register
 DIGITS_ADV_EPS = 0.3  # the customary L-infinity budget for MNIST-like digits (Madry et al. 2018)
 
 

@@ -100,7 +100,7 @@ class Distiller:
         self,
         cfg: DistillConfig,
         ctx: KDContext,
-        eval_data: EvalData,
+        eval_data: EvalData | None,
         out_dir: str | Path,
         progress: bool = True,
     ) -> None:
@@ -226,6 +226,8 @@ class Distiller:
                 tqdm.write(msg)
 
     def evaluate(self) -> dict[str, Any]:
+        if self.eval_data is None:  # no test data: the run only trains (abd.distill without a dataset's tests)
+            return {}
         m = evaluate(self.student, self.eval_data)
         m.pop("per_class_acc", None)
         return m
@@ -289,7 +291,9 @@ class Distiller:
                 self.log.write(r)
         else:
             self.log = JsonLines(self.out / "curve.jsonl")
-            for event, diag in (self.defense.diagnose(self.eval_data) if self.defense is not None else {}).items():
+            diagnosed = self.defense.diagnose(self.eval_data) if (self.defense is not None and
+                                                                 self.eval_data is not None) else {}
+            for event, diag in diagnosed.items():
                 msg = diag.pop("message", None)  # e.g. a defense that did nothing says so
                 self.extra[event] = diag
                 self.log.write({"round": 0, "event": event, **diag})
@@ -330,7 +334,8 @@ class Distiller:
                 m = self.evaluate()
                 fields = self.defense.log_fields() if self.defense is not None else {}
                 self.log.write({"round": self.round, **m, **logs, **fields, "seconds": self.train_seconds})
-                bar.set_postfix(acc=f"{m['acc']:.3f}", asr=f"{m.get('asr', float('nan')):.3f}")
+                if m:
+                    bar.set_postfix(acc=f"{m['acc']:.3f}", asr=f"{m.get('asr', float('nan')):.3f}")
             if self.round % self.cfg.checkpoint_every == 0 and self.round < self.rounds:
                 self._save_checkpoint(ckpt)
             if self.round in self.branch_rounds:
