@@ -159,7 +159,8 @@ def test_best_defense_is_the_lowest_asr_within_three_points_of_vanilla_acc() -> 
             "cmi+none": {"acc": 0.10, "asr": 1.0},  # collapsed vanilla: the best defended ACC is the reference
             "cmi+abd": {"acc": 0.85, "asr": 0.30}, "cmi+clp": {"acc": 0.50, "asr": 0.10},
             "cmi+dhbe": {"acc": 0.83, "asr": 0.20},
-            "dfad+none": {"acc": 0.90, "asr": 0.5}, "dfad+abd": {"acc": 0.70, "asr": 0.0}}
+            "dfad+none": {"acc": 0.90, "asr": 0.5}, "dfad+abd": {"acc": 0.70, "asr": 0.0},
+            "dfad+clp": {"acc": 0.90, "asr": 0.5}}  # a no-op keeps ACC, but does not lower ASR
     w = best_defenses(rows, ["zskt", "cmi", "dfad"], ["abd", "clp", "dhbe"])
     assert w["zskt"]["defense"] == "abd" and w["cmi"]["defense"] == "dhbe" and w["dfad"] is None
     lines = winner_lines(w)

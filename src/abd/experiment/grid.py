@@ -104,8 +104,8 @@ ACC_BUDGET = 0.03  # a defense "wins" a method when it has the lowest ASR among 
 
 def best_defenses(rows: dict[str, dict[str, Any]], methods: list[str], defenses: list[str]) -> dict[str, Any]:
     """Per method: the defense with the lowest mean ASR among those whose mean ACC is at most 3 points below
-    vanilla's (when vanilla collapsed, below 20 % ACC: below the best defended ACC), or None when none
-    qualifies."""
+    vanilla's (when vanilla collapsed, below 20 % ACC: below the best defended ACC) and whose ASR is below
+    vanilla's, or None when none qualifies."""
     out: dict[str, Any] = {}
     for method in methods:
         van = rows.get(f"{method}+none")
@@ -114,7 +114,8 @@ def best_defenses(rows: dict[str, dict[str, Any]], methods: list[str], defenses:
             continue
         ref = van["acc"] if van["acc"] >= 0.2 else max(r["acc"] for _, r in cands)
         floor = ref - ACC_BUDGET
-        ok = [(d, r) for d, r in cands if r["acc"] >= floor and r.get("asr") is not None]
+        ok = [(d, r) for d, r in cands if r["acc"] >= floor and r.get("asr") is not None
+              and (van["acc"] < 0.2 or van.get("asr") is None or r["asr"] < van["asr"])]  # it must lower ASR
         if not ok:
             out[method] = None
             continue
@@ -129,7 +130,7 @@ def winner_lines(winners: dict[str, Any]) -> list[str]:
     lines = []
     for method, w in winners.items():
         if w is None:
-            lines.append(f"- {method}: no defense keeps ACC within 3 points of vanilla")
+            lines.append(f"- {method}: no defense lowers ASR while keeping ACC within 3 points of vanilla")
         elif w["vanilla_acc"] < 0.2:
             lines.append(f"- {method}: vanilla collapsed ({100 * w['vanilla_acc']:.1f} % ACC); lowest ASR within 3 "
                          f"points of the best defended ACC: **{w['defense']}** ({100 * w['asr']:.1f} % ASR, "
