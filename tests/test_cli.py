@@ -175,3 +175,19 @@ def test_debug_shows_the_traceback(backdoored_teacher_dir, tmp_path) -> None:
     with pytest.raises(Exception, match="abdd"):
         main(["--debug", "distill", "--teacher", str(backdoored_teacher_dir), "--out", str(tmp_path / "r"),
               "--defense", "abdd"])
+
+
+def test_profile_command_writes_per_defense_parts_and_ratios(backdoored_teacher_dir, tmp_path, capsys) -> None:
+    import json
+
+    from abd.cli import main
+
+    assert main(["profile", str(backdoored_teacher_dir), "--defenses", "none,sv", "--rounds", "2", "--out",
+                 str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "profile.json").read_text())["ms_per_round"]
+    assert list(res) == ["none", "sv"] and res["none"]["ratio"] == 1.0
+    assert res["sv"]["defense_synthesis"] > 0 == res["none"]["defense_synthesis"]
+    for r in res.values():  # the parts add up to the total
+        parts = sum(v for k, v in r.items() if k not in ("total", "ratio"))
+        assert abs(parts - r["total"]) < 1e-6 * max(1.0, r["total"])
+    assert "| sv |" in capsys.readouterr().out

@@ -333,6 +333,17 @@ def torch_threads_ctx(n: int):
     return torch_threads(n)
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from abd.experiment.profile import profile_defenses
+    from abd.utils import torch_threads
+
+    defenses = [d.strip() for d in args.defenses.split(",")]
+    with torch_threads(args.threads):
+        result = profile_defenses(args.teacher, args.method, defenses, args.rounds, args.out, device=args.device)
+    print((Path(args.out) / "profile.md").read_text())
+    return 0 if result["ms_per_round"] else 1
+
+
 def cmd_defenses(args: argparse.Namespace) -> int:
     from abd.defense import COMPOSITIONS, DEFENSES
 
@@ -479,6 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--device", default="cpu")
     ab.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ab.set_defaults(func=cmd_audit_bench)
+    pr = sub.add_parser("profile", help="where a round's time goes (synthesis, teacher, student, defense), per "
+                        "defense, measured one after the other in one process")
+    pr.add_argument("teacher", type=Path, help="teacher directory")
+    pr.add_argument("--method", default="zskt")
+    pr.add_argument("--defenses", default="none,sv,sr,abd", help="comma-separated; the first is the ratios' base")
+    pr.add_argument("--rounds", type=int, default=100)
+    pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--threads", type=int, default=1)
+    pr.set_defaults(func=cmd_profile)
     dl = sub.add_parser("defenses", help="list defenses, their options and the named compositions")
     dl.set_defaults(func=cmd_defenses)
     cs = sub.add_parser("clp-sweep", help="CLP (data-free channel pruning) at several thresholds u on a saved "
