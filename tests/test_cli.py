@@ -191,3 +191,16 @@ def test_profile_command_writes_per_defense_parts_and_ratios(backdoored_teacher_
         parts = sum(v for k, v in r.items() if k not in ("total", "ratio"))
         assert abs(parts - r["total"]) < 1e-6 * max(1.0, r["total"])
     assert "| sv |" in capsys.readouterr().out
+
+
+def test_no_absolute_machine_paths_in_readme_docs_and_results() -> None:
+    """README.md, docs/ and the committed results travel: no path of the machine they were made on."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *(root / "docs").rglob("*.md"),
+             *(p for p in (root / "results").rglob("*") if p.suffix in (".json", ".yaml", ".md", ".jsonl"))]
+    pattern = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|Users)/")
+    bad = [str(p.relative_to(root)) for p in files if pattern.search(p.read_text(errors="ignore"))]
+    assert not bad, bad[:10]
