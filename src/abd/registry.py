@@ -40,6 +40,15 @@ class Registry(Generic[T]):
 
         return deco
 
+    def register_named(self, name: str) -> Callable[[T], T]:
+        """Class decorator: ``register`` that also sets the class's ``name`` attribute."""
+
+        def deco(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            return self.register(name)(cls)
+
+        return deco
+
     def get(self, name: str) -> T:
         """The component registered as `name`; unknown names fail with a suggestion."""
         try:

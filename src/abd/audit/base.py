@@ -8,6 +8,7 @@ yields one, a suspect trigger in pixel space.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,12 +24,7 @@ DETECTORS: Registry[type[Detector]] = Registry("detector")
 
 def register_detector(name: str) -> Callable[[type[Detector]], type[Detector]]:
     """Class decorator: register a detector under `name` (also its ``name`` attribute)."""
-
-    def deco(cls: type[Detector]) -> type[Detector]:
-        cls.name = name
-        return DETECTORS.register(name)(cls)
-
-    return deco
+    return DETECTORS.register_named(name)
 
 
 @dataclass
@@ -87,6 +83,15 @@ class Detector:
 
     def run(self, model: nn.Module, spec: ModelSpec, device: torch.device, seed: int = 0,
             progress: bool = False) -> AuditResult:
+        """Audit `model` (its ``seconds`` measured here)."""
+        start = time.perf_counter()
+        result = self.detect(model, spec, device, seed, progress)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def detect(self, model: nn.Module, spec: ModelSpec, device: torch.device, seed: int,
+               progress: bool) -> AuditResult:
+        """The detector's work: override this."""
         raise NotImplementedError
 
 

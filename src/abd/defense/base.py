@@ -38,12 +38,7 @@ COMPOSITIONS: dict[str, str] = {"abd": "sv+sr"}  # named compositions (the paper
 
 def register_defense(name: str) -> Callable[[type[Defense]], type[Defense]]:
     """Class decorator: register a defense under `name` (also its ``name`` attribute)."""
-
-    def deco(cls: type[Defense]) -> type[Defense]:
-        cls.name = name
-        return DEFENSES.register(name)(cls)
-
-    return deco
+    return DEFENSES.register_named(name)
 
 
 @dataclass

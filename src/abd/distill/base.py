@@ -25,12 +25,7 @@ METHODS: Registry[type[KDMethod]] = Registry("KD method")
 
 def register_method(name: str) -> Callable[[type[KDMethod]], type[KDMethod]]:
     """Class decorator: register a KD method under `name` (also its ``name`` attribute)."""
-
-    def deco(cls: type[KDMethod]) -> type[KDMethod]:
-        cls.name = name
-        return METHODS.register(name)(cls)
-
-    return deco
+    return METHODS.register_named(name)
 
 
 class MethodOptions(Config):
