@@ -278,7 +278,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if args.dir is not None or not args.model or not args.dataset:
             raise ValueError("--weights needs --model NAME|module:factory and --dataset, and no teacher directory")
         out = args.out or Path(args.weights).with_suffix("").with_name(Path(args.weights).stem + "_audit")
-        args.dir = import_teacher(args.weights, args.model, args.dataset, Path(out) / "teacher",
+        output = int(args.output) if (args.output or "").isdigit() else args.output
+        args.dir = import_teacher(args.weights, args.model, args.dataset, Path(out) / "teacher", output=output,
                                   data_root=args.data_root, allow_cast=args.allow_cast)
     elif args.dir is None:
         raise ValueError("give a teacher directory, or --weights FILE --model NAME --dataset NAME")
@@ -462,10 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="is this model backdoored, and which class? From its weights alone")
     au.add_argument("dir", type=Path, nargs="?", default=None, help="teacher directory (teacher.safetensors + "
                     "teacher.json)")
-    au.add_argument("--weights", type=Path, default=None, metavar="FILE",
+    au.add_argument("--weights", "--teacher-weights", dest="weights", type=Path, default=None, metavar="FILE",
                     help="a bare weights file instead (.safetensors, or a .pt/.pth state dict read with "
                          "weights_only=True)")
-    au.add_argument("--model", default=None, metavar="NAME|module:factory", help="its architecture (with --weights)")
+    au.add_argument("--model", "--teacher-model", dest="model", default=None, metavar="NAME|module:factory",
+                    help="its architecture (with --weights)")
+    au.add_argument("--output", "--teacher-output", dest="output", default=None, metavar="INDEX|KEY",
+                    help="where the logits are when the model returns a tuple or a dict")
     au.add_argument("--dataset", default=None, help="its input format: a registered dataset (with --weights)")
     au.add_argument("--allow-cast", action="store_true", help="accept weights of another dtype (cast)")
     au.add_argument("--detector", default="mmbd", help="a registered detector (`abd detectors` lists them)")

@@ -284,6 +284,11 @@ CASES: dict[str, Callable[[Ctx], Case]] = {
     "cifar10-batches-meta-exec": lambda c: _evil_cifar(c, "batches.meta", "exec"),
     "cifar10-batch-via-distill-teacher-weights": _evil_cifar_distill,
     "branch-state-os-system": lambda c: _evil_branch(c, "system"),
+    "audit-teacher-weights-pt-os-system": lambda c: (torch_evil(c.tmp / "evil.pt", "system", c.marker), Case(
+        ["audit", "--teacher-weights", str(c.tmp / "evil.pt"), "--teacher-model", "lenet5", "--dataset", "mnist5k",
+         "--out", str(c.out)], "refused to load"))[1],
+    "audit-unknown-detector": lambda c: Case(["audit", str(c.teacher), "--detector", "nc", "--out", str(c.out)],
+                                             "unknown detector"),
     # -- truncated files
     "truncated-resume-checkpoint": _truncated_ckpt,
     "truncated-teacher-safetensors": lambda c: _teacher_file(c, lambda t: truncate(t / "teacher.safetensors"),
