@@ -46,7 +46,8 @@ def _choices(name: str, annotation: object) -> list[str]:
     if name in ("defense", "defenses"):
         from abd.defense import defense_names
 
-        return [*defense_names(), "a '+'-joined composition"]
+        auto = ["auto (abd distill: audit the teacher, abd if flagged, else none)"] if name == "defense" else []
+        return [*defense_names(), "a '+'-joined composition", *auto]
     if name in _REGISTERED:
         from abd.experiment.config import registry_of
 
@@ -164,6 +165,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                           Path(args.out) / "teacher", output=output, data_root=args.data_root,
                                           allow_cast=args.allow_cast))
         print(f"teacher {args.teacher_weights} ({args.teacher_model}) -> {args.teacher}")
+    auto = None
+    if args.defense == "auto":  # audit the teacher first: ABD if it looks backdoored, none if not
+        auto = _auto_defense(args)
+        args.defense = auto["defense"]
     cfg = config_from_args(DistillConfig, args)
     extra = {}
     if args.rounds is not None:
@@ -191,9 +196,32 @@ def cmd_distill(args: argparse.Namespace) -> int:
             print(f"{args.out}: already finished, nothing rewritten: {format_metrics(done)}")
             return 0
     m = run_distill(cfg, args.out, resume=resume, branch_from=args.branch_from)
+    if auto is not None:
+        (Path(args.out) / "defense_auto.json").write_text(json.dumps(auto, indent=2) + "\n")
     print(f"student -> {args.out}: {format_metrics(m)}, {m['seconds']:.1f} s "
           f"({1000 * m['seconds_per_step']:.1f} ms/round)")
     return 0
+
+
+AUTO_DEFENSE = {True: "abd", False: "none"}  # --defense auto: the defense for a flagged / a clean teacher
+
+
+def _auto_defense(args: argparse.Namespace) -> dict:
+    """``--defense auto``: the default detector's verdict on the teacher (seed 0) and the defense it picks."""
+    from abd.audit import ModelSpec
+    from abd.audit.report import DEFAULT_DETECTOR, audit_model, verdict_line
+    from abd.data import load_dataset
+    from abd.experiment.checkpoint import load_model
+
+    if args.teacher is None:
+        raise ValueError("--defense auto needs --teacher (or --teacher-weights)")
+    model, meta = load_model(args.teacher, "teacher")
+    ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))
+    spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
+    result = audit_model(model, spec, DEFAULT_DETECTOR, None, args.device or "auto", 0)
+    choice = AUTO_DEFENSE[result.backdoored]
+    print(f"defense auto: {verdict_line(result)} -> --defense {choice}")
+    return {"defense": choice, "audit": result.to_json()}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

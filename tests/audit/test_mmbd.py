@@ -66,12 +66,20 @@ def test_audit_flags_the_backdoored_teacher_and_its_target(backdoored_teacher_di
     assert "BACKDOORED" in capsys.readouterr().out
 
 
-def test_audit_of_a_bare_weights_file_and_of_a_clean_teacher(tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module")
+def clean_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean LeNet-5 trained as the backdoored fixture teacher is (6 epochs), without poison."""
     from abd.attacks.teacher import train_teacher
     from abd.experiment.config import TeacherConfig
 
-    clean = tmp_path / "clean"
+    clean = tmp_path_factory.mktemp("clean")
     train_teacher(TeacherConfig(trigger="none", epochs=6, device="cpu"), clean, progress=False)
+    return clean
+
+
+def test_audit_of_a_bare_weights_file_and_of_a_clean_teacher(clean_teacher_dir: Path, tmp_path: Path,
+                                                              capsys) -> None:
+    clean = clean_teacher_dir
     from safetensors.torch import load_file
 
     save_file(load_file(str(clean / "teacher.safetensors")), str(tmp_path / "w.safetensors"))
@@ -116,3 +124,59 @@ def test_shuffle_detector_names_the_class_its_shuffled_copies_lean_to() -> None:
     assert r.extra["layer"] == "c2"  # the last conv with more than one input channel
     with pytest.raises(ValueError, match="no conv layer"):
         create_detector("shuffle").run(Linear(), SPEC, torch.device("cpu"))
+
+
+class Patch(nn.Module):
+    """A linear classifier on 28 x 28 images with a planted shortcut: four bright pixels in a corner add a
+    large amount to class 6's logit, whatever else the image shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(784, 10)
+        with torch.no_grad():
+            self.fc.weight.normal_(0, 0.3)
+            corner = torch.zeros(28, 28)
+            corner[24:26, 24:26] = 1.0
+            self.fc.weight[6] += 40.0 * corner.flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_retrospect_finds_the_small_mask_of_a_planted_shortcut() -> None:
+    r = create_detector("retrospect", {"per_class": 4, "invert_steps": 40, "steps": 300}).run(
+        Patch(), SPEC, torch.device("cpu"))
+    norms = r.extra["mask_norms"]
+    assert r.target_class == 6 and r.backdoored and r.score > r.threshold
+    assert norms[6] < 0.5 * sorted(norms)[5]  # a far smaller mask than the median class needs
+    assert r.trigger is not None and r.mask.shape == (1, 28, 28)
+    assert r.mask[0, 24:26, 24:26].mean() > r.mask.mean() * 5  # the mask sits on the planted pixels
+
+
+def test_combined_detector_takes_the_part_further_above_its_threshold() -> None:
+    opts = {"retrospect": {"per_class": 4, "invert_steps": 40, "steps": 300}, "shuffle": {"copies": 3, "inputs": 16}}
+    r = create_detector("combined", opts).run(Patch(), SPEC, torch.device("cpu"))
+    assert r.extra["lead"] == "retrospect" and r.target_class == 6 and r.backdoored
+    assert "shuffle" in r.extra["skipped"]  # a linear model has no conv to shuffle: the part is left out
+    assert r.score == pytest.approx(r.extra["retrospect_score"] / 3.0)
+    assert r.per_class[6] == pytest.approx(r.score)
+
+
+def test_defense_auto_picks_abd_for_the_backdoored_teacher_and_none_for_the_clean_one(
+        backdoored_teacher_dir: Path, clean_teacher_dir: Path, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from abd.cli import AUTO_DEFENSE
+
+    picked = {}
+    for name, teacher in (("backdoored", backdoored_teacher_dir), ("clean", clean_teacher_dir)):
+        out = tmp_path / name
+        assert main(["distill", "--teacher", str(teacher), "--defense", "auto", "--method", "zskt", "--rounds", "2",
+                     "--device", "cpu", "--out", str(out)]) == 0
+        auto = json.loads((out / "defense_auto.json").read_text())
+        assert auto["defense"] == AUTO_DEFENSE[auto["audit"]["backdoored"]]
+        assert yaml.safe_load((out / "config.yaml").read_text())["defense"] == auto["defense"]
+        assert f"-> --defense {auto['defense']}" in capsys.readouterr().out
+        picked[name] = auto["defense"]
+    assert picked == {"backdoored": "abd", "clean": "none"}

@@ -42,13 +42,20 @@ def test_audit_bench_on_a_small_zoo(backdoored_teacher_dir: Path, tmp_path: Path
                       progress=False)
     fast = {"mmbd": {"starts": 4, "steps": 150}}
     result = audit_bench(zoo, ["mmbd"], tmp_path / "bench", options=fast, progress=False)
-    s = result["summary"]["mmbd"]
+    s = result["detectors"]["mmbd"]
     assert (s["n_backdoored"], s["n_clean"]) == (1, 2)
     grid = next(r for r in result["rows"] if r["teacher"] == "grid")
     clean = [r["score"] for r in result["rows"] if r["teacher"] != "grid"]
     assert s["auc"] == pytest.approx(np.mean([(grid["score"] > c) + 0.5 * (grid["score"] == c) for c in clean]))
-    assert s["target_class_accuracy"] == float(grid["suspect"] == 0)
+    assert s["target_acc"] == float(grid["suspect"] == 0)
     saved = json.loads((tmp_path / "bench" / "audit_bench.json").read_text())
-    assert saved["summary"]["mmbd"]["auc"] == s["auc"]
+    assert saved["detectors"]["mmbd"]["auc"] == s["auc"] and saved["split"] == "heldout"
+    assert set(s) >= {"auc", "tpr_at_5fpr", "ce", "target_acc", "seconds_per_teacher", "n_clean", "n_backdoored"}
+    # a second bench with the same options reuses every row; other options re-run the detector
+    again = audit_bench(zoo, ["mmbd"], tmp_path / "bench", options=fast, progress=False)
+    assert again["rows"] == result["rows"]
+    other = audit_bench(zoo, ["mmbd"], tmp_path / "bench", options={"mmbd": {"starts": 2, "steps": 20}},
+                        progress=False)
+    assert [r["score"] for r in other["rows"]] != [r["score"] for r in result["rows"]]
     assert "| mmbd |" in (tmp_path / "bench" / "audit_bench.md").read_text()
     assert (tmp_path / "bench" / "roc.png").stat().st_size > 0

@@ -15,15 +15,21 @@ The package is also callable: ``abd.audit(model, dataset="mnist5k")`` is :func:`
 
 from abd.api import make_callable
 from abd.audit.base import DETECTORS, AuditResult, Detector, ModelSpec, create_detector, register_detector
+from abd.audit.combined import Combined, CombinedOptions
 from abd.audit.mmbd import MMBD, MMBDOptions, max_margins, order_pvalue
+from abd.audit.retrospect import Retrospect, RetrospectOptions
 from abd.audit.shuffle import ShuffleDetector, ShuffleOptions
 
 __all__ = [
     "DETECTORS",
     "MMBD",
     "AuditResult",
+    "Combined",
+    "CombinedOptions",
     "Detector",
     "MMBDOptions",
+    "Retrospect",
+    "RetrospectOptions",
     "ModelSpec",
     "ShuffleDetector",
     "ShuffleOptions",

@@ -79,10 +79,12 @@ def cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, device: str = "cpu",
                 min_asr: float = 0.5, options: dict[str, dict[str, Any]] | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, split: str = "heldout") -> dict[str, Any]:
     """Every detector on every teacher of `zoo_dir`; ``audit_bench.json``, ``.md`` and ``roc.png`` in
     `out_dir`. A teacher is backdoored when it was poisoned and its backdoor works (ASR >= `min_asr`); a
-    poisoned teacher whose backdoor did not take is left out and listed."""
+    poisoned teacher whose backdoor did not take is left out and listed. A detector's rows of an earlier
+    ``audit_bench.json`` in `out_dir` are reused when its options were the same. `split` names the zoo's
+    teacher seeds (``heldout``: no detector setting was chosen on them)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from abd.audit import ModelSpec
@@ -96,6 +98,16 @@ def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, 
         raise ValueError(f"{zoo} holds no teacher folders (run `abd zoo --out {zoo}` first)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from abd.audit.base import DETECTORS
+
+    resolved = {name: DETECTORS.get(name).Options.model_validate((options or {}).get(name) or {}).model_dump()
+                for name in detectors}
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    previous = out / "audit_bench.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        done = {(r["teacher"], r["detector"]): r for r in old.get("rows", [])
+                if old.get("options", {}).get(r["detector"]) == resolved.get(r["detector"])}
     rows, skipped = [], []
     for t in tqdm(teachers, desc="audit-bench", unit="teacher", disable=not progress):
         model, meta = load_model(t, "teacher")
@@ -107,6 +119,9 @@ def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, 
         ds = load_dataset(meta["dataset"], root=meta.get("data_root"))
         spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
         for name in detectors:
+            if (t.name, name) in done:
+                rows.append(done[(t.name, name)])
+                continue
             r = audit_model(model, spec, name, (options or {}).get(name), device=device, progress=False)
             rows.append({"teacher": t.name, "model": meta.get("arch", {}).get("name"), "detector": name,
                          "backdoored": int(poisoned), "target": meta.get("target") if poisoned else None,
@@ -129,8 +144,8 @@ def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, 
         summary[name] = {
             "auc": float(roc_auc_score(y, s)) if both else math.nan,
             "tpr_at_5fpr": tpr_at_fpr(y, s) if both else math.nan,
-            "cross_entropy": cross_entropy(y, prob),
-            "target_class_accuracy": float(np.mean(hits)) if hits else math.nan,
+            "ce": cross_entropy(y, prob),
+            "target_acc": float(np.mean(hits)) if hits else math.nan,
             "accuracy": float(np.mean([r["flagged"] == bool(r["backdoored"]) for r in mine])),
             "seconds_per_teacher": float(np.mean([r["seconds"] for r in mine])),
             "n_backdoored": int(y.sum()), "n_clean": int(len(y) - y.sum()),
@@ -145,7 +160,8 @@ def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, 
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=120)
     plt.close(fig)
-    result = {"summary": summary, "rows": rows, "skipped": skipped, "min_asr": min_asr, "zoo": str(zoo)}
+    result = {"detectors": summary, "split": split, "options": resolved, "rows": rows, "skipped": skipped,
+              "min_asr": min_asr, "zoo": zoo.name}
     write_json(out / "audit_bench.json", result)
     (out / "audit_bench.md").write_text(bench_markdown(result))
     return result
@@ -156,9 +172,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
     lines = ["# abd audit-bench", "",
              "| detector | ROC-AUC | TPR @ 5 % FPR | cross-entropy | accuracy at its threshold | target class right "
              "| s / teacher | backdoored / clean |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in result["summary"].items():
-        lines.append(f"| {name} | {s['auc']:.3f} | {100 * s['tpr_at_5fpr']:.0f} % | {s['cross_entropy']:.3f} | "
-                     f"{100 * s['accuracy']:.0f} % | {100 * s['target_class_accuracy']:.0f} % | "
+    for name, s in result["detectors"].items():
+        lines.append(f"| {name} | {s['auc']:.3f} | {100 * s['tpr_at_5fpr']:.0f} % | {s['ce']:.3f} | "
+                     f"{100 * s['accuracy']:.0f} % | {100 * s['target_acc']:.0f} % | "
                      f"{s['seconds_per_teacher']:.1f} | {s['n_backdoored']} / {s['n_clean']} |")
     lines += ["", "| teacher | detector | backdoored (target) | score | flagged | suspect class |",
               "|---|---|---|---:|---|---:|"]

@@ -191,6 +191,7 @@ class SelfRetrospection:
                 self.suspect = suspect_class(teacher, (len(mean), size, size), mean, std)[0]
         self.last_delta: torch.Tensor | None = None
         self.last_dense: torch.Tensor | None = None
+        self.clean_stats: dict[str, float] = {}  # of the last clean_targets call (logged)
         self._last_x: torch.Tensor | None = None
 
     def perturb(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -282,6 +283,8 @@ class SelfRetrospection:
                 suspect = teacher(self.perturb(x, delta)).argmax(1).mode().values
             occluded = teacher(x * (1.0 - region))
         use = (t_logits.argmax(1) == suspect) & (occluded.argmax(1) != suspect)
+        self.clean_stats = {"sr_replaced": float(use.float().mean()), "sr_region": float(region.mean()),
+                            "sr_suspect_share": float((t_logits.argmax(1) == suspect).float().mean())}
         return torch.where(use[:, None], occluded, t_logits)
 
     def unlearning_grads(self, x: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]:
@@ -414,7 +417,7 @@ class SelfRetrospectionDefense(Defense):
         return not (self.started and self.opts.mode == "hypergrad")  # the paper does not clip its phase
 
     def log_fields(self) -> dict[str, Any]:
-        return {"sr": self.started}
+        return {"sr": self.started, **self.sr.clean_stats}
 
     def metrics(self) -> dict[str, Any]:
         return {"sr_seconds": self.seconds, **({"sr_suspect": self.sr.suspect} if self.sr.suspect is not None else {})}
