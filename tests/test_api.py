@@ -88,3 +88,21 @@ def test_the_readme_python_snippet_runs(backdoored_teacher_dir: Path, tmp_path: 
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert scope["metrics"]["rounds"] == 2 and scope["report"].target_class == 0
+
+
+def test_readme_and_docs_link_only_to_files_that_exist() -> None:
+    """Every relative link of README.md and docs/*.md names a file or folder of the repository, and the
+    README cites no issue numbers."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    missing = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(root)} -> {target}")
+    assert not missing, missing
+    assert not re.search(r"(?i)\bissue\s+#?\d+", (root / "README.md").read_text())

@@ -332,7 +332,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from abd.audit.zoo import build_zoo, zoo_recipe
 
-    rows = build_zoo(args.out, zoo_recipe(args.recipe), workers=args.workers)
+    rows = build_zoo(args.out, zoo_recipe(args.recipe, split=args.split), workers=args.workers)
     for name, r in rows.items():
         print(f"{name:24s} {r['trigger']:12s} target {r['target']}  ACC {100 * r['acc']:.1f}%  "
               f"ASR {100 * (r['asr'] or 0):.1f}%")
@@ -349,10 +349,10 @@ def cmd_audit_bench(args: argparse.Namespace) -> int:
         DETECTORS.get(d)
     out = args.out or Path(args.zoo) / "audit_bench"
     with torch_threads_ctx(args.threads):
-        result = audit_bench(args.zoo, detectors, out, device=args.device)
+        result = audit_bench(args.zoo, detectors, out, device=args.device, split=args.split)
     print((Path(out) / "audit_bench.md").read_text().split("\n\n| teacher")[0])
     print(f"-> {out}/audit_bench.md, audit_bench.json, roc.png")
-    return 0 if result["summary"] else 1
+    return 0 if result["detectors"] else 1
 
 
 def torch_threads_ctx(n: int):
@@ -511,12 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
     zo = sub.add_parser("zoo", help="train (or reuse) the teacher zoo: clean and backdoored teachers of two "
                         "architectures, for abd audit-bench")
     zo.add_argument("--out", type=Path, required=True)
-    zo.add_argument("--recipe", type=Path, default=None, help="a zoo YAML (default: the packaged zoo.yaml)")
+    zo.add_argument("--recipe", type=Path, default=None, help="a zoo YAML (default: the packaged recipe of --split)")
+    zo.add_argument("--split", choices=("heldout", "dev"), default="heldout",
+                    help="the packaged held-out zoo (zoo.yaml, 64 teachers) or the development zoo (zoo_dev.yaml, "
+                    "24 teachers, on which detector thresholds are chosen)")
     zo.add_argument("--workers", type=int, default=2, help="teachers trained at a time")
     zo.set_defaults(func=cmd_zoo)
     ab = sub.add_parser("audit-bench", help="every detector on every teacher of a zoo: ROC-AUC, TPR at 5%% FPR, "
                         "cross-entropy, target-class accuracy, seconds")
     ab.add_argument("zoo", type=Path, help="a folder of teacher folders (abd zoo --out)")
+    ab.add_argument("--split", choices=("heldout", "dev"), default="heldout",
+                    help="which zoo this is, written into audit_bench.json")
     ab.add_argument("--detectors", default=None, help="comma-separated (default: all registered)")
     ab.add_argument("--out", type=Path, default=None, help="default: ZOO/audit_bench")
     ab.add_argument("--device", default="cpu")

@@ -13,13 +13,21 @@ import pytest
 from abd.audit.zoo import audit_bench, cross_entropy, tpr_at_fpr, zoo_recipe
 
 
-def test_packaged_recipe_is_valid_and_varied() -> None:
-    recipe = zoo_recipe()
-    triggers = {c.trigger for c in recipe.values()}
-    assert len(triggers - {"none"}) == 11 and "none" in triggers
-    assert len({c.model for c in recipe.values()}) >= 2
-    assert len({c.target for c in recipe.values() if c.trigger != "none"}) >= 4  # not always class 0
-    assert len({c.poison_rate for c in recipe.values()}) >= 3
+def test_packaged_recipes_are_valid_varied_and_disjoint() -> None:
+    from collections import Counter
+
+    recipe, dev = zoo_recipe(), zoo_recipe(split="dev")
+    for r in (recipe, dev):
+        triggers = {c.trigger for c in r.values()}
+        assert len(triggers - {"none"}) == 11 and "none" in triggers
+        assert len({c.model for c in r.values()}) >= 2
+        assert len({c.target for c in r.values() if c.trigger != "none"}) >= 4  # not always class 0
+        assert len({c.poison_rate for c in r.values()}) >= 3
+    counts = Counter(c.trigger for c in recipe.values())
+    assert len(recipe) >= 60 and counts["none"] >= 20 and min(counts.values()) >= 3  # the held-out zoo's size
+    assert {c.seed for c in recipe.values()}.isdisjoint({c.seed for c in dev.values()})  # no teacher seed shared
+    with pytest.raises(ValueError, match="unknown zoo split"):
+        zoo_recipe(split="test")
 
 
 def test_tpr_at_fpr_and_cross_entropy() -> None:

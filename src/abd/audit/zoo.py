@@ -23,10 +23,15 @@ from tqdm import tqdm
 from abd.experiment.config import TeacherConfig
 from abd.utils import write_json
 
+RECIPES = {"heldout": "zoo.yaml", "dev": "zoo_dev.yaml"}  # the packaged zoos, by split
 
-def zoo_recipe(path: str | Path | None = None) -> dict[str, TeacherConfig]:
-    """The zoo's teachers by folder name, validated (default: the packaged ``zoo.yaml``)."""
-    text = Path(path).read_text() if path else resources.files("abd.audit").joinpath("zoo.yaml").read_text()
+
+def zoo_recipe(path: str | Path | None = None, split: str = "heldout") -> dict[str, TeacherConfig]:
+    """The zoo's teachers by folder name, validated (default: the packaged recipe of `split`: ``zoo.yaml``,
+    the held-out zoo, or ``zoo_dev.yaml``, the development zoo)."""
+    if not path and split not in RECIPES:
+        raise ValueError(f"unknown zoo split {split!r}; choices: {', '.join(RECIPES)}")
+    text = Path(path).read_text() if path else resources.files("abd.audit").joinpath(RECIPES[split]).read_text()
     raw = yaml.safe_load(text)
     base = raw.get("defaults", {})
     return {name: TeacherConfig.model_validate({**base, **entry}) for name, entry in raw["teachers"].items()}
