@@ -2,7 +2,7 @@
 
 Implements ABD (Hong et al., "Revisiting data-free knowledge distillation with poisoned teachers",
 ICML 2023) and goes beyond it: data-free KD methods, backdoor defenses (ABD's Shuffling Vaccine and
-Self-Retrospection, CLP, DHBE) and model audits (MM-BD, shuffle), on one engine.
+Self-Retrospection, CLP, DHBE) and model audits (MM-BD, shuffle, retrospect, combined), on one engine.
 
 The public API:
 

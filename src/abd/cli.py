@@ -349,7 +349,7 @@ def cmd_audit_bench(args: argparse.Namespace) -> int:
         DETECTORS.get(d)
     out = args.out or Path(args.zoo) / "audit_bench"
     with torch_threads_ctx(args.threads):
-        result = audit_bench(args.zoo, detectors, out, device=args.device, split=args.split)
+        result = audit_bench(args.zoo, detectors, out, device=args.device, split=args.split, workers=args.workers)
     print((Path(out) / "audit_bench.md").read_text().split("\n\n| teacher")[0])
     print(f"-> {out}/audit_bench.md, audit_bench.json, roc.png")
     return 0 if result["detectors"] else 1
@@ -522,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("zoo", type=Path, help="a folder of teacher folders (abd zoo --out)")
     ab.add_argument("--split", choices=("heldout", "dev"), default="heldout",
                     help="which zoo this is, written into audit_bench.json")
+    ab.add_argument("--workers", type=int, default=1, help="teachers audited at a time (one thread each)")
     ab.add_argument("--detectors", default=None, help="comma-separated (default: all registered)")
     ab.add_argument("--out", type=Path, default=None, help="default: ZOO/audit_bench")
     ab.add_argument("--device", default="cpu")

@@ -62,6 +62,9 @@ def test_audit_bench_on_a_small_zoo(backdoored_teacher_dir: Path, tmp_path: Path
     # a second bench with the same options reuses every row; other options re-run the detector
     again = audit_bench(zoo, ["mmbd"], tmp_path / "bench", options=fast, progress=False)
     assert again["rows"] == result["rows"]
+    (tmp_path / "bench" / "audit_bench.json").unlink()  # as if interrupted: the journal of rows remains
+    assert audit_bench(zoo, ["mmbd"], tmp_path / "bench", options=fast, progress=False, workers=2)["rows"] == \
+        result["rows"]
     other = audit_bench(zoo, ["mmbd"], tmp_path / "bench", options={"mmbd": {"starts": 2, "steps": 20}},
                         progress=False)
     assert [r["score"] for r in other["rows"]] != [r["score"] for r in result["rows"]]

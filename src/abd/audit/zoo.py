@@ -82,20 +82,45 @@ def cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
-def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, device: str = "cpu",
-                min_asr: float = 0.5, options: dict[str, dict[str, Any]] | None = None,
-                progress: bool = True, split: str = "heldout") -> dict[str, Any]:
-    """Every detector on every teacher of `zoo_dir`; ``audit_bench.json``, ``.md`` and ``roc.png`` in
-    `out_dir`. A teacher is backdoored when it was poisoned and its backdoor works (ASR >= `min_asr`); a
-    poisoned teacher whose backdoor did not take is left out and listed. A detector's rows of an earlier
-    ``audit_bench.json`` in `out_dir` are reused when its options were the same. `split` names the zoo's
-    teacher seeds (``heldout``: no detector setting was chosen on them)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
+def _bench_teacher(teacher: Path, todo: list[str], options: dict[str, dict[str, Any]], device: str,
+                   min_asr: float) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The detectors `todo` on one teacher folder: its rows, or (no rows, why) when it is left out."""
     from abd.audit import ModelSpec
     from abd.audit.report import audit_model
     from abd.data import load_dataset
     from abd.experiment.checkpoint import load_model
+    from abd.utils import torch_threads
+
+    model, meta = load_model(teacher, "teacher")
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    poisoned = meta.get("trigger", "none") != "none"
+    if poisoned and metrics.get("asr", 0) < min_asr:
+        return [], {"teacher": teacher.name, "asr": metrics.get("asr")}
+    ds = load_dataset(meta["dataset"], root=meta.get("data_root"))
+    spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
+    rows = []
+    with torch_threads(1):
+        for name in todo:
+            r = audit_model(model, spec, name, options.get(name), device=device, progress=False)
+            rows.append({"teacher": teacher.name, "model": meta.get("arch", {}).get("name"), "detector": name,
+                         "backdoored": int(poisoned), "target": meta.get("target") if poisoned else None,
+                         "score": r.score, "probability": r.probability, "flagged": r.backdoored,
+                         "suspect": r.target_class, "seconds": r.seconds})
+    return rows, None
+
+
+def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, device: str = "cpu",
+                min_asr: float = 0.5, options: dict[str, dict[str, Any]] | None = None,
+                progress: bool = True, split: str = "heldout", workers: int = 1) -> dict[str, Any]:
+    """Every detector on every teacher of `zoo_dir`; ``audit_bench.json``, ``.md`` and ``roc.png`` in
+    `out_dir`. A teacher is backdoored when it was poisoned and its backdoor works (ASR >= `min_asr`); a
+    poisoned teacher whose backdoor did not take is left out and listed. Each teacher's rows are appended to
+    ``audit_rows.jsonl`` as they come (`workers` teachers at a time, one thread each), and a detector's rows
+    of an earlier (or interrupted) bench in `out_dir` are reused when its options were the same. `split`
+    names the zoo's teacher seeds (``heldout``: no detector setting was chosen on them)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from abd.audit.base import DETECTORS
 
     zoo = Path(zoo_dir)
     teachers = sorted(p.parent for p in zoo.glob("*/teacher.json"))
@@ -103,35 +128,41 @@ def audit_bench(zoo_dir: str | Path, detectors: list[str], out_dir: str | Path, 
         raise ValueError(f"{zoo} holds no teacher folders (run `abd zoo --out {zoo}` first)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from abd.audit.base import DETECTORS
-
-    resolved = {name: DETECTORS.get(name).Options.model_validate((options or {}).get(name) or {}).model_dump()
+    options = options or {}
+    resolved = {name: DETECTORS.get(name).Options.model_validate(options.get(name) or {}).model_dump()
                 for name in detectors}
     done: dict[tuple[str, str], dict[str, Any]] = {}
-    previous = out / "audit_bench.json"
+    previous, journal = out / "audit_bench.json", out / "audit_rows.jsonl"
     if previous.is_file():
         old = json.loads(previous.read_text())
         done = {(r["teacher"], r["detector"]): r for r in old.get("rows", [])
                 if old.get("options", {}).get(r["detector"]) == resolved.get(r["detector"])}
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            r = json.loads(line)
+            if r.pop("options", None) == resolved.get(r["detector"]):
+                done[(r["teacher"], r["detector"])] = r
+    todo = {t: [d for d in detectors if (t.name, d) not in done] for t in teachers}
+    results: dict[Path, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
+    bar = tqdm(total=len(teachers), desc="audit-bench", unit="teacher", disable=not progress)
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_bench_teacher, t, todo[t], options, device, min_asr): t for t in teachers}
+        for f in as_completed(futures):
+            t = futures[f]
+            results[t] = f.result()
+            with journal.open("a") as fh:
+                for r in results[t][0]:
+                    fh.write(json.dumps({**r, "options": resolved[r["detector"]]}) + "\n")
+            bar.update(1)
+    bar.close()
     rows, skipped = [], []
-    for t in tqdm(teachers, desc="audit-bench", unit="teacher", disable=not progress):
-        model, meta = load_model(t, "teacher")
-        metrics = json.loads((t / "metrics.json").read_text())
-        poisoned = meta.get("trigger", "none") != "none"
-        if poisoned and metrics.get("asr", 0) < min_asr:
-            skipped.append({"teacher": t.name, "asr": metrics.get("asr")})
+    for t in teachers:
+        new, left_out = results[t]
+        if left_out is not None:
+            skipped.append(left_out)
             continue
-        ds = load_dataset(meta["dataset"], root=meta.get("data_root"))
-        spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
-        for name in detectors:
-            if (t.name, name) in done:
-                rows.append(done[(t.name, name)])
-                continue
-            r = audit_model(model, spec, name, (options or {}).get(name), device=device, progress=False)
-            rows.append({"teacher": t.name, "model": meta.get("arch", {}).get("name"), "detector": name,
-                         "backdoored": int(poisoned), "target": meta.get("target") if poisoned else None,
-                         "score": r.score, "probability": r.probability, "flagged": r.backdoored,
-                         "suspect": r.target_class, "seconds": r.seconds})
+        fresh = {r["detector"]: r for r in new}
+        rows += [fresh[d] if d in fresh else done[(t.name, d)] for d in detectors]
     summary = {}
     import matplotlib
 
