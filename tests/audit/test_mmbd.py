@@ -180,3 +180,16 @@ def test_defense_auto_picks_abd_for_the_backdoored_teacher_and_none_for_the_clea
         assert f"-> --defense {auto['defense']}" in capsys.readouterr().out
         picked[name] = auto["defense"]
     assert picked == {"backdoored": "abd", "clean": "none"}
+
+
+def test_combine_from_parts_equals_running_the_combined_detector(backdoored_teacher_dir: Path) -> None:
+    from abd.audit.combined import combine
+    from abd.experiment.checkpoint import load_model
+
+    model, _ = load_model(backdoored_teacher_dir, "teacher")
+    quick = {"per_class": 2, "invert_steps": 10, "steps": 20}
+    run = create_detector("combined", {"retrospect": quick}).run(model, SPEC, torch.device("cpu"))
+    parts = {"shuffle": create_detector("shuffle").run(model, SPEC, torch.device("cpu")),
+             "retrospect": create_detector("retrospect", quick).run(model, SPEC, torch.device("cpu"))}
+    joined = combine(parts, 10)
+    assert (joined.score, joined.target_class, joined.per_class) == (run.score, run.target_class, run.per_class)

@@ -43,14 +43,20 @@ class Combined(Detector):
                 skipped[name] = str(e)
         if not parts:
             raise ValueError("combined: " + "; ".join(skipped.values()))
-        ratios = {name: r.score / r.threshold for name, r in parts.items()}
-        lead = max(ratios, key=ratios.get)
-        best = parts[lead]
-        per_class = [max(p.per_class[c] / p.threshold for p in parts.values())
-                     for c in range(spec.num_classes)]
-        return AuditResult(detector=self.name, score=ratios[lead], threshold=1.0,
-                           probability=max(r.probability for r in parts.values()), target_class=best.target_class,
-                           per_class=per_class, statistic=f"larger of the parts' score / threshold ({lead})",
-                           trigger=best.trigger, mask=best.mask,
-                           extra={"lead": lead, "skipped": skipped, **{f"{n}_score": r.score for n, r in parts.items()},
-                                  **{k: v for k, v in best.extra.items() if k == "reference_image"}})
+        return combine(parts, spec.num_classes, skipped)
+
+
+def combine(parts: dict[str, AuditResult], num_classes: int, skipped: dict[str, str] | None = None) -> AuditResult:
+    """The combined verdict from the parts' results (each score over its own threshold, the larger wins);
+    its ``seconds`` are the parts' together."""
+    ratios = {name: r.score / r.threshold for name, r in parts.items()}
+    lead = max(ratios, key=ratios.get)
+    best = parts[lead]
+    per_class = [max(p.per_class[c] / p.threshold for p in parts.values()) for c in range(num_classes)]
+    return AuditResult(detector="combined", score=ratios[lead], threshold=1.0,
+                       probability=max(r.probability for r in parts.values()), target_class=best.target_class,
+                       per_class=per_class, statistic=f"larger of the parts' score / threshold ({lead})",
+                       trigger=best.trigger, mask=best.mask, seconds=sum(r.seconds for r in parts.values()),
+                       extra={"lead": lead, "skipped": skipped or {},
+                              **{f"{n}_score": r.score for n, r in parts.items()},
+                              **{k: v for k, v in best.extra.items() if k == "reference_image"}})

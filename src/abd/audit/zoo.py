@@ -98,10 +98,17 @@ def _bench_teacher(teacher: Path, todo: list[str], options: dict[str, dict[str, 
         return [], {"teacher": teacher.name, "asr": metrics.get("asr")}
     ds = load_dataset(meta["dataset"], root=meta.get("data_root"))
     spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
-    rows = []
+    from abd.audit.combined import PARTS, combine
+
+    rows, found = [], {}
     with torch_threads(1):
-        for name in todo:
-            r = audit_model(model, spec, name, options.get(name), device=device, progress=False)
+        for name in sorted(todo, key=lambda d: d == "combined"):  # the combined detector's parts first
+            parts = {p: found[p] for p in PARTS if p in found and not options.get(p)}
+            if name == "combined" and not options.get(name) and len(parts) == len(PARTS):
+                r = combine(parts, spec.num_classes)  # the same verdict as running it, without re-running
+            else:
+                r = audit_model(model, spec, name, options.get(name), device=device, progress=False)
+            found[name] = r
             rows.append({"teacher": teacher.name, "model": meta.get("arch", {}).get("name"), "detector": name,
                          "backdoored": int(poisoned), "target": meta.get("target") if poisoned else None,
                          "score": r.score, "probability": r.probability, "flagged": r.backdoored,
