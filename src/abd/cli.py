@@ -208,16 +208,14 @@ AUTO_DEFENSE = {True: "abd", False: "none"}  # --defense auto: the defense for a
 
 def _auto_defense(args: argparse.Namespace) -> dict:
     """``--defense auto``: the default detector's verdict on the teacher (seed 0) and the defense it picks."""
-    from abd.audit import ModelSpec
+    from abd.api import model_spec
     from abd.audit.report import DEFAULT_DETECTOR, audit_model, verdict_line
-    from abd.data import load_dataset
     from abd.experiment.checkpoint import load_model
 
     if args.teacher is None:
         raise ValueError("--defense auto needs --teacher (or --teacher-weights)")
     model, meta = load_model(args.teacher, "teacher")
-    ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))
-    spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
+    spec = model_spec(meta["dataset"], args.data_root or meta.get("data_root"))
     result = audit_model(model, spec, DEFAULT_DETECTOR, None, args.device or "auto", 0)
     choice = AUTO_DEFENSE[result.backdoored]
     print(f"defense auto: {verdict_line(result)} -> --defense {choice}")
@@ -296,9 +294,9 @@ def cmd_clp_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from abd.audit import DETECTORS, ModelSpec
+    from abd.api import model_spec
+    from abd.audit import DETECTORS
     from abd.audit.report import audit_model, verdict_line, write_audit
-    from abd.data import load_dataset
     from abd.experiment.checkpoint import import_teacher, load_model
 
     DETECTORS.get(args.detector)  # an unknown name fails here, with a suggestion
@@ -312,8 +310,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     elif args.dir is None:
         raise ValueError("give a teacher directory, or --weights FILE --model NAME --dataset NAME")
     model, meta = load_model(args.dir, "teacher")
-    ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))  # its geometry only
-    spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
+    spec = model_spec(meta["dataset"], args.data_root or meta.get("data_root"))  # its geometry only
     from abd.utils import torch_threads
 
     with torch_threads(args.threads):
@@ -348,18 +345,10 @@ def cmd_audit_bench(args: argparse.Namespace) -> int:
     for d in detectors:
         DETECTORS.get(d)
     out = args.out or Path(args.zoo) / "audit_bench"
-    with torch_threads_ctx(args.threads):
-        result = audit_bench(args.zoo, detectors, out, device=args.device, split=args.split, workers=args.workers)
+    result = audit_bench(args.zoo, detectors, out, device=args.device, split=args.split, workers=args.workers)
     print((Path(out) / "audit_bench.md").read_text().split("\n\n| teacher")[0])
     print(f"-> {out}/audit_bench.md, audit_bench.json, roc.png")
     return 0 if result["detectors"] else 1
-
-
-def torch_threads_ctx(n: int):
-    """``abd.utils.torch_threads`` (imported late: the CLI starts fast)."""
-    from abd.utils import torch_threads
-
-    return torch_threads(n)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -526,7 +515,6 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--detectors", default=None, help="comma-separated (default: all registered)")
     ab.add_argument("--out", type=Path, default=None, help="default: ZOO/audit_bench")
     ab.add_argument("--device", default="cpu")
-    ab.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ab.set_defaults(func=cmd_audit_bench)
     pr = sub.add_parser("profile", help="where a round's time goes (synthesis, teacher, student, defense), per "
                         "defense, measured one after the other in one process")

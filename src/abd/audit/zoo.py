@@ -85,9 +85,9 @@ def cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
 def _bench_teacher(teacher: Path, todo: list[str], options: dict[str, dict[str, Any]], device: str,
                    min_asr: float) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The detectors `todo` on one teacher folder: its rows, or (no rows, why) when it is left out."""
-    from abd.audit import ModelSpec
+    from abd.api import model_spec
+    from abd.audit.combined import PARTS, combine
     from abd.audit.report import audit_model
-    from abd.data import load_dataset
     from abd.experiment.checkpoint import load_model
     from abd.utils import torch_threads
 
@@ -96,9 +96,7 @@ def _bench_teacher(teacher: Path, todo: list[str], options: dict[str, dict[str, 
     poisoned = meta.get("trigger", "none") != "none"
     if poisoned and metrics.get("asr", 0) < min_asr:
         return [], {"teacher": teacher.name, "asr": metrics.get("asr")}
-    ds = load_dataset(meta["dataset"], root=meta.get("data_root"))
-    spec = ModelSpec(ds.channels, ds.image_size, ds.num_classes, tuple(ds.mean), tuple(ds.std))
-    from abd.audit.combined import PARTS, combine
+    spec = model_spec(meta["dataset"], meta.get("data_root"))
 
     rows, found = [], {}
     with torch_threads(1):
