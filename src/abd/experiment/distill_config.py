@@ -22,6 +22,12 @@ _FIXED_SR = {"inner_step": 0.1, "k": 5, "pert_model": "teacher", "objective": "d
 _SR_BY_MODE = {"consistency": {"warm_start": True, "reuse_delta": True, "divergence": "kl", "targeted": True},
                "hypergrad": {"warm_start": False, "reuse_delta": False, "divergence": "method", "out_portion": 0.02}}
 _SR_IGNORED = {"consistency": {"out_portion", "radius"}, "hypergrad": {"radius", "targeted"}}
+# Options added after this form was last written, with the value that repeats what the code did before them:
+# a config without them was made without the SV floor, class balance and BN prior and without SR's dense
+# candidate. Filling in today's defaults instead would let a run of the earlier defaults pass for one of
+# today's (and be reused as such).
+_ADDED_SV = {"floor": None, "balance": 0.0, "bn_prior": 0.0}
+_ADDED_SR = {"dense": None}
 
 
 def _removed(name: str, key: str, value: Any, want: Any) -> None:
@@ -33,7 +39,8 @@ def _removed(name: str, key: str, value: Any, want: Any) -> None:
 def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[str, Any]:
     """A configuration written before defenses became plug-ins (top-level ``sv``/``sr`` mappings, with
     options since removed) in the current form, or a ValueError naming the option whose value the code no
-    longer supports. Options of a defense the run does not use (``used``; default: from its ``defense``)
+    longer supports. Options added since that form (``_ADDED_SV``, ``_ADDED_SR``) and absent from it take
+    the value that repeats the run as it was made, not today's default. Options of a defense the run does not use (``used``; default: from its ``defense``)
     are dropped unread."""
     data = dict(data)
     sv, sr = data.pop("sv", None), data.pop("sr", None)
@@ -52,7 +59,7 @@ def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[
         variant = "paper" if old.get("mask") == "argmax" else "tail"
         for k, v in old.items():
             _removed("sv", k, v, _SV_VARIANTS[variant][k])
-        opts["sv"] = {**sv, **({"variant": variant} if old else {})}
+        opts["sv"] = {**_ADDED_SV, **sv, **({"variant": variant} if old else {})}
     if "sr" in used and sr:
         sr = dict(sr)
         mode = sr.get("mode", "consistency")
@@ -68,6 +75,8 @@ def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[
         if mode == "hypergrad":  # the consistency mode's options were inert there
             for k in ("l1", "support", "clean_target", "dense"):
                 sr.pop(k, None)
+        else:
+            sr = {**_ADDED_SR, **sr}
         opts["sr"] = sr
     data["defense_options"] = opts
     return data
