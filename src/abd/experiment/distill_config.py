@@ -40,8 +40,8 @@ def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[
     """A configuration written before defenses became plug-ins (top-level ``sv``/``sr`` mappings, with
     options since removed) in the current form, or a ValueError naming the option whose value the code no
     longer supports. Options added since that form (``_ADDED_SV``, ``_ADDED_SR``) and absent from it take
-    the value that repeats the run as it was made, not today's default. Options of a defense the run does not use (``used``; default: from its ``defense``)
-    are dropped unread."""
+    the value that repeats the run as it was made, not today's default. Options of a defense the run does
+    not use (``used``; default: from its ``defense``) are dropped unread."""
     data = dict(data)
     sv, sr = data.pop("sv", None), data.pop("sr", None)
     if sv is None and sr is None:
