@@ -196,3 +196,26 @@ def test_collapse_lines_name_every_collapsed_run_and_only_those() -> None:
             "zskt+abd": [{"collapsed": False}, {"collapsed": False}]}
     lines = collapse_lines(runs, [0, 1])
     assert lines == ["- collapsed: [seed 0] zskt+none answers class 0 on 100 % of the clean test set"]
+
+
+
+def test_paper_seeds_limit_the_paper_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``paper_seeds``: the paper-preset rows run on the first N seeds, the CPU rows on all of them (the
+    runs themselves are recorded, not made: the end-to-end table is the fixture above)."""
+    import abd.experiment.runs as runs
+    import abd.experiment.table as table
+    from abd.experiment.table import cfg_seeds, config_record
+
+    made: list[Path] = []
+    metrics = {"acc": 0.9, "asr": 0.5, "target_acc": 0.9, "collapsed": False, "seconds": 1.0}
+    monkeypatch.setattr(table, "ensure_teachers", lambda items, *a, **k: [dict(metrics) for _ in items])
+    monkeypatch.setattr(runs, "run_jobs", lambda jobs, *a, **k: [made.append(j.run_dir) or dict(metrics) for j in jobs])
+    cfg = TableConfig(**{**TINY, "seeds": 2, "triggers": ["badnet_grid"], "clean_teacher": False, "paper_seeds": 1})
+    assert cfg_seeds(config_record(cfg), "paper") == [0] and cfg_seeds(config_record(cfg), "zskt") == [0, 1]
+    res = run_table(cfg, tmp_path, progress=False)
+    seeds = {(r["method"], r["defense"], r["preset"]): r["seeds"] for r in res["rows"]}
+    assert seeds[("zskt", "none", "paper")] == [0] and seeds[("zskt", "abd", "paper")] == [0]
+    assert seeds[("zskt", "none", "cpu")] == [0, 1] and seeds[("zskt", "abd", "cpu")] == [0, 1]
+    assert tmp_path / "seed0" / "badnet_grid" / "zskt+none@paper" in made
+    assert not any(d.parent.parent.name == "seed1" and d.name.endswith("@paper") for d in made)
+    assert "zskt@paper: seeds [0]" in (tmp_path / "table.md").read_text()

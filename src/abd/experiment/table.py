@@ -75,6 +75,8 @@ class TableConfig(StudyConfig):
     paper_triggers: list[str] = Field(default_factory=lambda: ["badnet_grid", "blend", "trojan_wm"],
                                       description="triggers (among `triggers`) that also get ZSKT vanilla and "
                                       "ZSKT+ABD with the paper preset, at the CPU rows' rounds")
+    paper_seeds: int | None = Field(None, ge=1, description="the paper-preset rows run on the first N seeds only "
+                                    "(None: all)")
     development_seeds: list[int] = Field(default_factory=lambda: [100, 101, 102],
                                          description="seeds the defaults were chosen on (recorded in the protocol)")
     teacher_epochs: int | None = Field(None, ge=1, description="teacher epochs (None: the teacher recipe's)")
@@ -297,7 +299,7 @@ def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> d
             for trigger in groups:
                 for defense in defenses:
                     add(seed, trigger, method, defense, "cpu", {"rounds": cfg.method_rounds(method)})
-    for seed in seeds:
+    for seed in seeds[: cfg.paper_seeds or len(seeds)]:
         for trigger in paper_triggers:
             for defense in defenses:  # the paper preset's rounds (80000) are not the CPU rows'
                 add(seed, trigger, PAPER_METHOD, defense, "paper", {"rounds": cfg.method_rounds(PAPER_METHOD)})
@@ -383,7 +385,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['protocol']['text']}.",
         f"{cfg['dataset']}, {cfg['teacher_model']} teachers -> {cfg['student']} students; target class 0. "
         "Cells: ACC / ASR in %, mean ± std over seeds (population std); "
-        + "; ".join(f"{m}: seeds {cfg_seeds(cfg, m)}" for m in ["clean", *methods]) + ". "
+        + "; ".join(f"{m}: seeds {cfg_seeds(cfg, m)}" for m in ["clean", *methods])
+        + (f"; {PAPER_METHOD}@paper: seeds {cfg_seeds(cfg, 'paper')}" if cfg.get("paper_triggers") else "") + ". "
         "DER (BackdoorBench, %): (max(0, ΔASR) - max(0, ΔACC) + 1) / 2 of the ABD mean against the vanilla "
         "mean (50: no change). \"(collapsed k/n)\": k of n seeds answer one class on >= 90 % of the clean test "
         f"set. Wall time {results['wall_seconds']:.0f} s (the runs' own compute: {results['run_seconds']:.0f} s).",
@@ -450,8 +453,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def cfg_seeds(cfg: dict[str, Any], method: str) -> list[int]:
-    """The seeds `method` ran on, from a dumped TableConfig (clean KD: all)."""
+    """The seeds `method` ran on, from a dumped TableConfig (clean KD: all; ``paper``: the paper-preset rows)."""
     seeds = list(range(cfg["first_seed"], cfg["first_seed"] + cfg["seeds"]))
+    if method == "paper":
+        return seeds[: cfg.get("paper_seeds") or len(seeds)]
     return seeds if method == "clean" else seeds[: cfg["method_seeds"].get(method, cfg["seeds"])]
 
 
