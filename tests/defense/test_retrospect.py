@@ -77,7 +77,7 @@ def test_consistency_mode_distills_the_perturbed_batch_towards_the_teachers_clea
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
     # clipped: the perturbed images stay valid images, and the term is computed on them
-    opts = SROptions(inner_rounds=3, pert_lr=2.0, clip=True, support=None, dense=None)
+    opts = SROptions(inner_rounds=3, pert_lr=2.0, clip=True, support=None, blend=None)
     clipped = SelfRetrospection(student, teacher, opts, mean=(0.0,), std=(1.0,))
     x = torch.rand(16, 1, 28, 28)
     loss = clipped.step(x)
@@ -133,7 +133,7 @@ def test_support_bound_finds_the_trigger_corner(backdoored_teacher_dir) -> None:
 
     def corner_share(support):
         torch.manual_seed(0)
-        opts = SROptions(inner_rounds=4, pert_lr=0.5, l1=0.01, l2=0.01, support=support, dense=None)
+        opts = SROptions(inner_rounds=4, pert_lr=0.5, l1=0.01, l2=0.01, support=support, blend=None)
         sr = SelfRetrospection(student, teacher, opts)
         for _ in range(30):  # as over training: short syntheses on new batches, each from the last delta
             sr.last_delta = sr.synthesize(torch.randn(64, 1, 28, 28))
@@ -176,7 +176,7 @@ def test_sr_unlearning_criterion_follows_the_method_unless_set() -> None:
 
 def test_mode_options_are_inert_in_the_other_mode() -> None:
     paper = SROptions(mode="hypergrad")
-    assert paper.support is None and paper.dense is None and paper.l1 == 0 and not paper.clean_target
+    assert paper.support is None and paper.blend is None and paper.l1 == 0 and not paper.clean_target
     with pytest.raises(ValidationError, match="consistency mode"):
         SROptions(mode="hypergrad", support=0.02)
     with pytest.raises(ValidationError, match="clean_target needs a support"):
@@ -192,7 +192,7 @@ def test_clean_targets_occlude_the_found_trigger(backdoored_teacher_dir, monkeyp
     teacher, student, _ = _teacher_student_batch(backdoored_teacher_dir)
     ds = load_dataset("mnist5k")
     ev = make_eval_data(ds, create_trigger("badnet_grid", ds.image_size, ds.channels), 0)
-    sr = SelfRetrospection(student, teacher, SROptions(clean_target=True, dense=None))
+    sr = SelfRetrospection(student, teacher, SROptions(clean_target=True, blend=None))
     assert retrospect.CLEAN_DILATE == 2
     xp, yp, xc, yc = ev.x_poison[:500], ev.y_poison[:500], ev.x_clean[:500], ev.y_clean[:500]
     with torch.no_grad():
@@ -216,27 +216,37 @@ def test_clean_targets_occlude_the_found_trigger(backdoored_teacher_dir, monkeyp
     assert rate(clean_kept, yc) > rate(tc.argmax(1), yc) - 0.02  # on clean digits the corner hardly matters
 
 
-def test_dense_candidate_is_image_wide_bounded_and_unlearned_beside_the_patch(backdoored_teacher_dir) -> None:
+def test_blend_candidate_is_image_wide_in_range_and_unlearned_beside_the_patch(backdoored_teacher_dir) -> None:
     teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
-    unit = {"mean": (0.0,), "std": (1.0,)}  # normalized units = pixel units: dense 0.9 bounds a pixel by 0.9
-    patch_only = SelfRetrospection(student, teacher, SROptions(dense=None), **unit)
-    both = SelfRetrospection(student, teacher, SROptions(dense=0.9), **unit)
+    unit = {"mean": (0.0,), "std": (1.0,)}  # normalized units = pixel units: the pattern lies in [0, 1]
+    patch_only = SelfRetrospection(student, teacher, SROptions(blend=None), **unit)
+    both = SelfRetrospection(student, teacher, SROptions(blend=0.9), generator=torch.Generator().manual_seed(0),
+                             **unit)
     torch.manual_seed(0)
     extra_patch = patch_only.step(x)
     torch.manual_seed(0)
     extra_both = both.step(x)
-    assert patch_only.last_dense is None
-    dense = both.last_dense
-    assert dense is not None and float(dense.abs().max()) <= 0.9 + 1e-6
-    assert int((dense.abs() > 0).sum()) > 0.5 * dense.numel()  # image-wide, not the 2 % patch
+    assert patch_only.last_pattern is None
+    pattern = both.last_pattern
+    assert pattern is not None and pattern.shape == (1, *x.shape[1:])
+    assert float(pattern.min()) >= 0.0 and float(pattern.max()) <= 1.0  # a pattern of valid pixels
+    assert int((pattern != x.mean(0, keepdim=True)).sum()) > 0.5 * pattern.numel()  # moved image-wide
     assert int((both.last_delta.abs() > 0).sum()) == round(0.02 * 28 * 28)
     torch.testing.assert_close(both.last_delta, patch_only.last_delta)  # the patch candidate is unchanged
     assert float(extra_both.detach()) > float(extra_patch.detach())  # both perturbations are unlearned
-    with torch.no_grad():  # and the dense one does change the teacher's answers
-        assert kl_mean(teacher(x), teacher(x + dense)) > 0.01
+    with torch.no_grad():  # and blending the pattern in does change the teacher's answers
+        assert kl_mean(teacher(x), teacher(both.blended(x, pattern, 0.9))) > 0.01
+
+    def unlearning_loss(seed: int) -> float:  # the blend weights are drawn per sample from SR's generator
+        sr = SelfRetrospection(student, teacher, SROptions(blend=0.9), generator=torch.Generator().manual_seed(seed),
+                               **unit)
+        sr.last_delta, sr.last_pattern, sr._last_x = both.last_delta, both.last_pattern, x  # reused: no synthesis
+        return float(sr.step(x).detach())
+
+    assert unlearning_loss(1) == unlearning_loss(1) != unlearning_loss(2)
 
 
-def test_suspect_class_is_deterministic_and_steers_the_dense_candidate(backdoored_teacher_dir) -> None:
+def test_suspect_class_is_deterministic_and_steers_the_blend_candidate(backdoored_teacher_dir) -> None:
     from abd.defense.retrospect import suspect_class
 
     teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
@@ -245,9 +255,10 @@ def test_suspect_class_is_deterministic_and_steers_the_dense_candidate(backdoore
     assert suspect_class(teacher, (1, 28, 28), *MNIST) == (cls, share)  # is class 2, not 0
     toward = {}
     for suspect in (0, 7):
-        sr = SelfRetrospection(student, teacher, SROptions(inner_rounds=8, dense=0.97), mean=(0.0,), std=(1.0,))
+        sr = SelfRetrospection(student, teacher, SROptions(inner_rounds=8, blend=0.3), mean=(0.0,), std=(1.0,))
         sr.suspect = suspect
         sr.step(x)
         with torch.no_grad():
-            toward[suspect] = float((teacher(x + sr.last_dense).argmax(1) == suspect).float().mean())
+            toward[suspect] = float((teacher(sr.blended(x, sr.last_pattern, 0.3)).argmax(1) == suspect)
+                                    .float().mean())
     assert toward[0] > 0.5 > toward[7]  # a bounded image-wide change reaches the backdoor target, not any class

@@ -137,18 +137,29 @@ def test_a_config_written_before_defenses_were_plug_ins_reads_as_the_same_run(tm
         DistillConfig.model_validate(old)
     # the options of a defense the run does not use are not read at all
     assert DistillConfig.model_validate({**old, "defense": "none"}).resolved().defense_options == {}
-    # a config of that form written before the SV floor/balance/BN prior and SR's dense candidate existed
+    # a config of that form written before the SV floor/balance/BN prior and SR's image-wide candidate existed
     # lacks them: it is a run without them, not one of today's defaults
     old["sr"]["objective"] = "divergence"
     for k in ("floor", "balance", "bn_prior"):
         old["sv"].pop(k)
-    old["sr"].pop("dense")
+    old["sr"].pop("blend")
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
     assert not runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
     then = DistillConfig.model_validate(old).resolved()
     assert then.options_of("sv").floor is None and then.options_of("sv").bn_prior == 0.0
-    assert then.options_of("sv").balance == 0.0 and then.options_of("sr").dense is None
+    assert then.options_of("sv").balance == 0.0 and then.options_of("sr").blend is None
     assert runs.same_config(tmp_path / "run", then.to_yaml())
+    # SR's additive image-wide candidate (`dense`) was replaced by the blend: a run that used it is another
+    # run (re-made, not reused), and a config naming it is refused by name
+    made = yaml.safe_load(cfg.resolved().to_yaml())
+    made["defense_options"]["sr"] = {**{k: v for k, v in made["defense_options"]["sr"].items() if k != "blend"},
+                                     "dense": 0.3}
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(made))
+    assert not runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
+    with pytest.raises(ValidationError, match="'dense' .* was replaced by 'blend'"):
+        DistillConfig.model_validate(made)
+    made["defense_options"]["sr"]["dense"] = None  # no image-wide candidate then: none now, the same run
+    assert DistillConfig.model_validate(made).resolved().options_of("sr").blend is None
 
 
 def test_where_a_run_ran_is_no_part_of_its_identity(tmp_path) -> None:

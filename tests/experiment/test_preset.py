@@ -13,7 +13,7 @@ from abd.experiment.distill_config import DistillConfig
 PAPER_SV = {"variant": "paper", "coef": 0.1, "n_layers": 5, "verify_rounds": 50, "floor": None, "balance": 0.0,
             "bn_prior": 0.0}
 PAPER_SR = {"mode": "hypergrad", "fraction": 0.05, "lr": 5e-4, "inner_rounds": 20, "pert_lr": 0.1, "l2": 1e-3,
-            "weight": 1.0, "clip": False, "l1": 0.0, "support": None, "clean_target": False, "dense": None}
+            "weight": 1.0, "clip": False, "l1": 0.0, "support": None, "clean_target": False, "blend": None}
 
 
 @pytest.mark.parametrize("method", ["zskt", "dfad", "ood", "cmi"])

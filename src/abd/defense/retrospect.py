@@ -10,7 +10,7 @@ most changes predictions, and unlearns it. Two ways to unlearn (``mode``):
   prediction on the clean ``x``, over the whole run. A small student whose target-class detector shares
   features with the trigger loses the whole target class when a learned backdoor is unlearned late;
   learning from the start that delta does not change the answer makes it find other features. Beside the
-  patch-like delta (a small support) an image-wide one (every pixel bounded) is unlearned the same way.
+  patch-like delta (a small support) an image-wide blend ``(1 - a) x + a p`` is unlearned the same way.
 
 Options measured and dropped (``objective: flip``, ``mix_portion``, ``max_abs``, ``pert_model: student``,
 the vaccine-guided synthesis, the ``plain`` mode, ...) are recorded in docs/defenses.md.
@@ -43,13 +43,13 @@ INNER_STEP, NEUMANN_K, OUT_PORTION = 0.1, 5, 0.02
 # (delta's largest pixels lie on and around a trigger's: the 16 support pixels covered 1 of the BadNets
 # grid's 4 white pixels, and the teacher kept its target on 100 % of those occluded digits; grown by 2, none)
 CLEAN_DILATE = 2
-CONSISTENCY_ONLY = {"l1": 0.0, "support": None, "clean_target": False, "dense": None}  # and their inert values
+CONSISTENCY_ONLY = {"l1": 0.0, "support": None, "clean_target": False, "blend": None}  # and their inert values
 
 
 class SROptions(Config):
     """Self-Retrospection options. The default is the ``consistency`` mode over the whole run; the paper's
     protocol is ``mode: hypergrad`` over the final 5 % with its own optimizer (``--preset paper``). ``l1``,
-    ``support``, ``clean_target`` and ``dense`` belong to the consistency mode (inert under hypergrad)."""
+    ``support``, ``clean_target`` and ``blend`` belong to the consistency mode (inert under hypergrad)."""
 
     mode: Literal["consistency", "hypergrad"] = Field(
         "consistency", description="unlearn delta by consistency with the teacher over the run, or by the "
@@ -73,9 +73,19 @@ class SROptions(Config):
     clean_target: bool = Field(False, description="consistency: a sample the teacher answers with delta's class, "
                                "and with another class once delta's support is occluded, is taught the occluded "
                                "answer (the methods on synthetic data use it)")
-    dense: float | None = Field(0.3, gt=0, le=1, description="consistency: also unlearn an image-wide perturbation "
-                                "moving no pixel by more than this fraction of the range, driven to the teacher's "
-                                "default class on smooth noise (None: the patch perturbation only)")
+    blend: float | None = Field(0.3, gt=0, le=1, description="consistency: also unlearn an image-wide blend "
+                                "(1 - a) x + a p, the pattern p driven to the teacher's default class on smooth "
+                                "noise, a drawn per sample in [0, blend] (None: the patch perturbation only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dense" in data:
+            if data["dense"] is None and "blend" not in data:  # no image-wide candidate then, none now
+                return {**{k: v for k, v in data.items() if k != "dense"}, "blend": None}
+            raise ValueError("sr option 'dense' (an additive image-wide perturbation) was replaced by 'blend' on "
+                             "2026-12-06 (docs/trigger_table.md): re-run with the current options")
+        return data
 
     @model_validator(mode="after")
     def _mode_options(self) -> SROptions:
@@ -146,9 +156,9 @@ class SelfRetrospection:
         opts: the options (:class:`SROptions`; default: this package's defaults).
         divergence: the KD method's D(target_logits, logits), used by the paper's mode (and by
             ``unlearn: method``); the consistency mode synthesizes with KL at temperature 1.
-        generator: random source of the hypergradient's patched rows.
-        mean, std: the input normalization (pixel range of ``clip`` and ``dense``; without them neither
-            applies); image_size: for the dense candidate's suspect class.
+        generator: random source of the hypergradient's patched rows and of the blend weights.
+        mean, std: the input normalization (pixel range of ``clip`` and of the blend's pattern; without them
+            neither applies); image_size: for the blend candidate's suspect class.
 
     Usage in any KD loop (``"consistency"``: every step; ``"hypergrad"``: the final phase of training):
 
@@ -178,19 +188,19 @@ class SelfRetrospection:
         unlearn = opts.unlearn or ("kl" if self.consistency else "method")
         self.unlearn_divergence = divergence if unlearn == "method" else kl_mean
         self.generator = generator
-        self.bounds = self.dense_max_abs = self.suspect = None
+        self.bounds = self.pixel_range = self.suspect = None
         if mean is not None and std is not None:
             from abd.distill.synthesis import Normalize
 
             norm, black = Normalize(mean, std), torch.zeros(1, len(mean), 1, 1)
             low, high = norm(black), norm(black + 1)  # the valid normalized pixel range
             self.bounds = (low, high) if opts.clip else None
-            if opts.dense is not None and self.consistency:
-                self.dense_max_abs = (high - low) * opts.dense
+            if opts.blend is not None and self.consistency:
+                self.pixel_range = (low, high)
                 size = image_size or 28
                 self.suspect = suspect_class(teacher, (len(mean), size, size), mean, std)[0]
         self.last_delta: torch.Tensor | None = None
-        self.last_dense: torch.Tensor | None = None
+        self.last_pattern: torch.Tensor | None = None
         self.clean_stats: dict[str, float] = {}  # of the last clean_targets call (logged)
         self._last_x: torch.Tensor | None = None
 
@@ -201,17 +211,26 @@ class SelfRetrospection:
         low, high = (b.to(x.device) for b in self.bounds)
         return torch.maximum(torch.minimum(x + delta, high), low)
 
-    def synthesize(self, x: torch.Tensor, t_logits: torch.Tensor | None = None, dense: bool = False) -> torch.Tensor:
+    def blended(self, x: torch.Tensor, pattern: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+        """``(1 - alpha) x + alpha pattern``: the normalization is affine, so blending normalized images is
+        blending pixels."""
+        return (1.0 - alpha) * x + alpha * pattern
+
+    def synthesize(self, x: torch.Tensor, t_logits: torch.Tensor | None = None,
+                   image_wide: bool = False) -> torch.Tensor:
         """The batch-universal perturbation delta (shape 1xCxHxW) that most changes the teacher's output
-        (``t_logits``: its logits on `x` when the caller has them; ``dense``: the image-wide candidate,
-        bounded elementwise and driven to the suspect class, instead of the patch-like one)."""
+        (``t_logits``: its logits on `x` when the caller has them; ``image_wide``: instead of the patch-like
+        one, the pattern of the image-wide blend at the full ``blend`` weight, in the pixel range, driven to the
+        suspect class)."""
         o, model = self.opts, self.teacher
         was = model.training
         model.eval()
         x = x.detach()
-        start = self.last_dense if dense else self.last_delta
+        start = self.last_pattern if image_wide else self.last_delta
         if self.consistency and start is not None and start.shape[1:] == x.shape[1:]:  # warm start
             delta = start.clone().to(x.device).requires_grad_(True)
+        elif image_wide:  # the pattern starts as the batch's mean image
+            delta = x.mean(0, keepdim=True).clone().requires_grad_(True)
         else:
             delta = torch.zeros(1, *x.shape[1:], device=x.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=o.pert_lr)
@@ -227,22 +246,21 @@ class SelfRetrospection:
                     target = model(x)
             for _ in range(o.inner_rounds):
                 with frozen_bn_stats(model):
-                    out = model(self.perturb(x, delta))
-                if dense:  # targeted: towards the suspect class
+                    out = model(self.blended(x, delta, o.blend) if image_wide else self.perturb(x, delta))
+                if image_wide:  # targeted: towards the suspect class; the weight bounds the change
                     loss = -out.log_softmax(1)[:, self.suspect].mean()
                 else:
-                    loss = -self.divergence(target, out)
-                loss = loss + o.l2 * delta.pow(2).sum()
-                if o.l1 > 0 and not dense:
-                    loss = loss + o.l1 * delta.abs().sum()
+                    loss = -self.divergence(target, out) + o.l2 * delta.pow(2).sum()
+                    if o.l1 > 0:
+                        loss = loss + o.l1 * delta.abs().sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if dense:
+                if image_wide:  # a pattern of valid pixels
                     with torch.no_grad():
-                        bound = self.dense_max_abs.to(delta.device)
-                        delta.copy_(torch.maximum(torch.minimum(delta, bound), -bound))
-            if self.support is not None and not dense:  # at the end: Adam's first steps move every pixel alike
+                        low, high = (b.to(delta.device) for b in self.pixel_range)
+                        delta.copy_(torch.maximum(torch.minimum(delta, high), low))
+            if self.support is not None and not image_wide:  # at the end: Adam's first steps move every pixel alike
                 with torch.no_grad():
                     delta.mul_(self.support_mask(delta))
         finally:
@@ -324,9 +342,9 @@ class SelfRetrospection:
         mode reuses its perturbations while a method repeats the very same batch (ZSKT's kd_steps)."""
         reuse = self.consistency and self.last_delta is not None and x is self._last_x
         delta = self.last_delta if reuse else self.synthesize(x, t_logits)
-        dense = self.dense_max_abs is not None
-        if dense and not (reuse and self.last_dense is not None):
-            self.last_dense = self.synthesize(x, t_logits, dense=True)
+        image_wide = self.pixel_range is not None
+        if image_wide and not (reuse and self.last_pattern is not None):
+            self.last_pattern = self.synthesize(x, t_logits, image_wide=True)
         self._last_x = x
         self.last_delta = delta
         if self.consistency:
@@ -336,8 +354,10 @@ class SelfRetrospection:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
             loss = self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, delta)))
-            if dense and self.last_dense is not None:
-                loss = loss + self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, self.last_dense)))
+            if image_wide and self.last_pattern is not None:  # every blend weight up to the synthesized one
+                alpha = self.opts.blend * torch.rand(len(x), 1, 1, 1, generator=self.generator).to(x.device)
+                loss = loss + self.unlearn_divergence(t_logits.detach(),
+                                                      self.student(self.blended(x, self.last_pattern, alpha)))
             return loss * self.weight
         grads = self.unlearning_grads(x, delta)
         params = [p for p in self.student.parameters() if p.requires_grad]
@@ -426,21 +446,21 @@ class SelfRetrospectionDefense(Defense):
         out = {}
         if self.sr.last_delta is not None:
             out["sr_delta"] = self.sr.last_delta.detach().cpu().contiguous()
-        if self.sr.last_dense is not None:
-            out["sr_dense"] = self.sr.last_dense.detach().cpu().contiguous()
+        if self.sr.last_pattern is not None:
+            out["sr_blend_pattern"] = self.sr.last_pattern.detach().cpu().contiguous()
         return out
 
     def state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"started": self.started, "seconds": self.seconds, "rng": self.sr.generator.get_state()}
         if self.sr.last_delta is not None:  # the consistency mode continues from them
             st["delta"] = self.sr.last_delta.detach()
-        if self.sr.last_dense is not None:
-            st["dense"] = self.sr.last_dense.detach()
+        if self.sr.last_pattern is not None:
+            st["pattern"] = self.sr.last_pattern.detach()
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seconds = state["seconds"]
         self.sr.generator.set_state(state["rng"])
-        self.sr.last_delta, self.sr.last_dense = state.get("delta"), state.get("dense")
+        self.sr.last_delta, self.sr.last_pattern = state.get("delta"), state.get("pattern")
         if state["started"]:
             self._enter()

@@ -23,11 +23,12 @@ _SR_BY_MODE = {"consistency": {"warm_start": True, "reuse_delta": True, "diverge
                "hypergrad": {"warm_start": False, "reuse_delta": False, "divergence": "method", "out_portion": 0.02}}
 _SR_IGNORED = {"consistency": {"out_portion", "radius"}, "hypergrad": {"radius", "targeted"}}
 # Options added after this form was last written, with the value that repeats what the code did before them:
-# a config without them was made without the SV floor, class balance and BN prior and without SR's dense
-# candidate. Filling in today's defaults instead would let a run of the earlier defaults pass for one of
-# today's (and be reused as such).
+# a config without them was made without the SV floor, class balance and BN prior and without SR's image-wide
+# candidate (one naming SR's additive `dense` candidate, replaced by `blend`, is refused by SROptions).
+# Filling in today's defaults instead would let a run of the earlier defaults pass for one of today's (and
+# be reused as such).
 _ADDED_SV = {"floor": None, "balance": 0.0, "bn_prior": 0.0}
-_ADDED_SR = {"dense": None}
+_ADDED_SR = {"blend": None}
 
 
 def _removed(name: str, key: str, value: Any, want: Any) -> None:
@@ -73,7 +74,7 @@ def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[
         for k in _SR_IGNORED[mode]:
             sr.pop(k, None)
         if mode == "hypergrad":  # the consistency mode's options were inert there
-            for k in ("l1", "support", "clean_target", "dense"):
+            for k in ("l1", "support", "clean_target", "dense", "blend"):
                 sr.pop(k, None)
         else:
             sr = {**_ADDED_SR, **sr}
