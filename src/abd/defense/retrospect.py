@@ -111,6 +111,12 @@ def sr_start_round(rounds: int, fraction: float) -> int:
     return rounds - max(1, int(round(fraction * rounds)))
 
 
+def within(t: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`t` clamped elementwise to ``bounds`` (low, high), broadcast per channel."""
+    low, high = (b.to(t.device) for b in bounds)
+    return torch.maximum(torch.minimum(t, high), low)
+
+
 @contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers use batch statistics as usual but leave their running statistics unchanged."""
@@ -208,8 +214,7 @@ class SelfRetrospection:
         """``x + delta``, kept inside the valid image range when ``clip`` is on."""
         if self.bounds is None:
             return x + delta
-        low, high = (b.to(x.device) for b in self.bounds)
-        return torch.maximum(torch.minimum(x + delta, high), low)
+        return within(x + delta, self.bounds)
 
     def blended(self, x: torch.Tensor, pattern: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
         """``(1 - alpha) x + alpha pattern``: the normalization is affine, so blending normalized images is
@@ -258,8 +263,7 @@ class SelfRetrospection:
                 opt.step()
                 if image_wide:  # a pattern of valid pixels
                     with torch.no_grad():
-                        low, high = (b.to(delta.device) for b in self.pixel_range)
-                        delta.copy_(torch.maximum(torch.minimum(delta, high), low))
+                        delta.copy_(within(delta, self.pixel_range))
             if self.support is not None and not image_wide:  # at the end: Adam's first steps move every pixel alike
                 with torch.no_grad():
                     delta.mul_(self.support_mask(delta))
