@@ -16,8 +16,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def backdoored_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LeNet-5 teacher with a BadNets-grid backdoor (target 0) on mnist5k, 6 epochs (a few seconds)."""
+    from abd.attacks.config import TeacherConfig
     from abd.attacks.teacher import train_teacher
-    from abd.experiment.config import TeacherConfig
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = tmp_path_factory.mktemp("teacher_grid")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from abd.checkpoint import CheckpointError, load_model
 from abd.cli import main
-from abd.experiment.checkpoint import CheckpointError, load_model
 
 TINY = ["--rounds", "2", "--opt", "batch_size=8", "--opt", "kd_steps=1", "--opt", "gen_width=8", "--eval-every", "2",
         "--device", "cpu", "--dataset", "mnist5k"]

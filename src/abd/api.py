@@ -36,7 +36,7 @@ def load_teacher(path: str | Path, model: str | None = None, dataset: str | None
     back in eval mode; its folder's metadata is in ``model.abd_meta``."""
     import tempfile
 
-    from abd.experiment.checkpoint import import_teacher, load_model
+    from abd.checkpoint import import_teacher, load_model
 
     p = Path(path)
     if p.is_dir():
@@ -96,8 +96,8 @@ def distill(teacher: nn.Module, dataset: str, method: str = "zskt", defense: str
     from abd.attacks.poison import make_eval_data
     from abd.data import load_dataset
     from abd.distill.base import KDContext
+    from abd.distill.config import DistillConfig
     from abd.distill.engine import Distiller
-    from abd.experiment.distill_config import DistillConfig
     from abd.models import create_model
     from abd.utils import resolve_device, seed_everything
 

@@ -49,7 +49,7 @@ def _choices(name: str, annotation: object) -> list[str]:
         auto = ["auto (abd distill: audit the teacher, abd if flagged, else none)"] if name == "defense" else []
         return [*defense_names(), "a '+'-joined composition", *auto]
     if name in _REGISTERED:
-        from abd.experiment.config import registry_of
+        from abd.config import registry_of
 
         names = sorted(registry_of(_REGISTERED[name]).summary())
         return ["none", *names] if _REGISTERED[name] == "trigger" else names  # none: a clean teacher
@@ -80,8 +80,8 @@ def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
 
 
 def cmd_teacher_train(args: argparse.Namespace) -> int:
+    from abd.attacks.config import TeacherConfig
     from abd.attacks.teacher import train_teacher
-    from abd.experiment.config import TeacherConfig
     from abd.metrics import format_metrics
 
     cfg = config_from_args(TeacherConfig, args)
@@ -93,8 +93,8 @@ def cmd_teacher_train(args: argparse.Namespace) -> int:
 def cmd_teacher_eval(args: argparse.Namespace) -> int:
     from abd.attacks.poison import make_eval_data
     from abd.attacks.teacher import eval_trigger_from_meta
+    from abd.checkpoint import load_model
     from abd.data import load_dataset
-    from abd.experiment.checkpoint import load_model
     from abd.metrics import evaluate, format_metrics
 
     model, meta = load_model(args.dir, "teacher")
@@ -111,7 +111,7 @@ def cmd_teacher_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher_table(args: argparse.Namespace) -> int:
-    from abd.experiment.config import TeacherConfig
+    from abd.attacks.config import TeacherConfig
     from abd.experiment.teacher_table import all_teacher_triggers, teacher_table
 
     base = config_from_args(TeacherConfig, args)
@@ -150,12 +150,12 @@ def _parse_options(pairs: Sequence[str] | None) -> dict:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from abd.experiment.distill_config import DistillConfig
+    from abd.distill.config import DistillConfig
     from abd.experiment.runs import run_distill
     from abd.metrics import format_metrics
 
     if args.teacher_weights is not None:  # a foreign teacher: checked and written as a teacher folder first
-        from abd.experiment.checkpoint import import_teacher
+        from abd.checkpoint import import_teacher
 
         if args.teacher is not None or not args.teacher_model or not args.dataset:
             raise ValueError("--teacher-weights needs --teacher-model NAME|module:factory and --dataset, and no "
@@ -210,7 +210,7 @@ def _auto_defense(args: argparse.Namespace) -> dict:
     """``--defense auto``: the default detector's verdict on the teacher (seed 0) and the defense it picks."""
     from abd.api import model_spec
     from abd.audit.report import DEFAULT_DETECTOR, audit_model, verdict_line
-    from abd.experiment.checkpoint import load_model
+    from abd.checkpoint import load_model
 
     if args.teacher is None:
         raise ValueError("--defense auto needs --teacher (or --teacher-weights)")
@@ -278,9 +278,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_clp_sweep(args: argparse.Namespace) -> int:
     from abd.attacks.poison import make_eval_data
     from abd.attacks.teacher import eval_trigger_from_meta
+    from abd.checkpoint import load_model
     from abd.data import load_dataset
     from abd.defense.clp import clp_sweep
-    from abd.experiment.checkpoint import load_model
 
     model, meta = load_model(args.dir, "teacher")
     ds = load_dataset(meta["dataset"], root=args.data_root or meta.get("data_root"))
@@ -297,7 +297,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from abd.api import model_spec
     from abd.audit import DETECTORS
     from abd.audit.report import audit_model, verdict_line, write_audit
-    from abd.experiment.checkpoint import import_teacher, load_model
+    from abd.checkpoint import import_teacher, load_model
 
     DETECTORS.get(args.detector)  # an unknown name fails here, with a suggestion
     if args.weights is not None:  # a bare weights file: checked and written as a teacher folder first
@@ -376,7 +376,7 @@ def cmd_defenses(args: argparse.Namespace) -> int:
 
 def cmd_list(kind: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from abd.experiment.config import registry_of
+        from abd.config import registry_of
 
         for name, doc in registry_of(kind).summary().items():
             print(f"{name:14s} {doc}")
@@ -386,9 +386,9 @@ def cmd_list(kind: str) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from abd.experiment.config import TeacherConfig
+    from abd.attacks.config import TeacherConfig
+    from abd.distill.config import DistillConfig
     from abd.experiment.demo import DemoConfig
-    from abd.experiment.distill_config import DistillConfig
     from abd.experiment.grid import GridConfig
     from abd.experiment.table import TableConfig
 
@@ -554,8 +554,8 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``abd`` console script."""
+    from abd.checkpoint import CheckpointError
     from abd.data.base import DataFormatError
-    from abd.experiment.checkpoint import CheckpointError
     from abd.registry import UnknownNameError
 
     args = build_parser().parse_args(argv)

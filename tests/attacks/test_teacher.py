@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
+from abd.attacks.config import TeacherConfig
 from abd.attacks.poison import make_eval_data
 from abd.attacks.teacher import eval_trigger_from_meta, train_teacher
+from abd.checkpoint import load_model
 from abd.data import load_dataset
-from abd.experiment.checkpoint import load_model
-from abd.experiment.config import TeacherConfig
 from abd.metrics import evaluate
 
 TINY = {"dataset": "mnist5k", "model": "lenet5", "trigger": "badnet_grid", "epochs": 5, "seed": 0,

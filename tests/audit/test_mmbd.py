@@ -69,8 +69,8 @@ def test_audit_flags_the_backdoored_teacher_and_its_target(backdoored_teacher_di
 @pytest.fixture(scope="module")
 def clean_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean LeNet-5 trained as the backdoored fixture teacher is (6 epochs), without poison."""
+    from abd.attacks.config import TeacherConfig
     from abd.attacks.teacher import train_teacher
-    from abd.experiment.config import TeacherConfig
 
     clean = tmp_path_factory.mktemp("clean")
     train_teacher(TeacherConfig(trigger="none", epochs=6, device="cpu"), clean, progress=False)
@@ -184,7 +184,7 @@ def test_defense_auto_picks_abd_for_the_backdoored_teacher_and_none_for_the_clea
 
 def test_combine_from_parts_equals_running_the_combined_detector(backdoored_teacher_dir: Path) -> None:
     from abd.audit.combined import combine
-    from abd.experiment.checkpoint import load_model
+    from abd.checkpoint import load_model
 
     model, _ = load_model(backdoored_teacher_dir, "teacher")
     quick = {"per_class": 2, "invert_steps": 10, "steps": 20}

@@ -40,8 +40,8 @@ def test_tpr_at_fpr_and_cross_entropy() -> None:
 
 
 def test_audit_bench_on_a_small_zoo(backdoored_teacher_dir: Path, tmp_path: Path) -> None:
+    from abd.attacks.config import TeacherConfig
     from abd.attacks.teacher import train_teacher
-    from abd.experiment.config import TeacherConfig
 
     zoo = tmp_path / "zoo"
     shutil.copytree(backdoored_teacher_dir, zoo / "grid")

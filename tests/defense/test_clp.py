@@ -63,8 +63,8 @@ def test_clp_prunes_exactly_the_outlier_channels() -> None:
 def test_clp_as_a_teacher_transform_and_a_student_post_process(backdoored_teacher_dir, tmp_path) -> None:
     import json
 
-    from abd.experiment.checkpoint import load_model
-    from abd.experiment.distill_config import DistillConfig
+    from abd.checkpoint import load_model
+    from abd.distill.config import DistillConfig
     from abd.experiment.runs import build_distiller
 
     def run(on: str, u: float, name: str) -> tuple[dict, object]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from abd.checkpoint import load_model
 from abd.defense import SelfRetrospection, SROptions, frozen_bn_stats
 from abd.distill.losses import kl_mean
-from abd.experiment.checkpoint import load_model
 from abd.models import create_model
 
 MNIST = ((0.1307,), (0.3081,))  # the normalization of the tests' teacher
@@ -149,7 +149,7 @@ def test_support_bound_finds_the_trigger_corner(backdoored_teacher_dir) -> None:
 
 
 def test_sr_unlearning_criterion_follows_the_method_unless_set() -> None:
-    from abd.experiment.distill_config import DistillConfig
+    from abd.distill.config import DistillConfig
 
     teacher, student, _ = _random_pair()
 

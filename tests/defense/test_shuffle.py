@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from abd.attacks import create_trigger
 from abd.attacks.poison import make_eval_data
+from abd.checkpoint import load_model
 from abd.data import load_dataset
 from abd.defense import ShufflingVaccine, shufflable_layers
-from abd.experiment.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from abd.distill.config import DistillConfig
 from abd.distill.engine import BRANCH_FILE, BranchError
 from abd.experiment.demo import ARMS, DemoConfig, run_demo
-from abd.experiment.distill_config import DistillConfig
 from abd.experiment.runs import build_distiller
 
 PAPER_SR = {"mode": "hypergrad", "lr": 5e-4}  # the paper's separate SR phase (new Adam, SV off)

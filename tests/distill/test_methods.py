@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+from abd.attacks.config import TeacherConfig
 from abd.attacks.teacher import train_teacher
 from abd.data import load_dataset
 from abd.defense import DEFENSES
 from abd.distill import METHODS, KDContext, create_method
+from abd.distill.config import DistillConfig
 from abd.experiment import runs
-from abd.experiment.config import TeacherConfig
-from abd.experiment.distill_config import DistillConfig
 from abd.experiment.runs import build_distiller
 from abd.models import create_model
 

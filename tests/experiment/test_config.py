@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from abd.experiment.config import TeacherConfig
+from abd.attacks.config import TeacherConfig
 from abd.registry import UnknownNameError
 
 

@@ -38,9 +38,9 @@ def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(back
                                                                             monkeypatch) -> None:
     import yaml
 
+    from abd.distill.config import DistillConfig
     from abd.distill.zskt import ZSKTOptions
     from abd.experiment import runs
-    from abd.experiment.distill_config import DistillConfig
 
     cfg = DistillConfig(teacher=str(backdoored_teacher_dir), method="zskt", device="cpu", eval_every=2,
                         method_options={"rounds": 2, "batch_size": 8, "kd_steps": 1})
@@ -73,7 +73,7 @@ def test_config_yaml_spells_out_method_options_and_finished_runs_are_reused(back
 
 
 def test_parallel_runs_give_the_numbers_of_sequential_runs(backdoored_teacher_dir, tmp_path) -> None:
-    from abd.experiment.distill_config import DistillConfig
+    from abd.distill.config import DistillConfig
     from abd.experiment.runs import Job, run_jobs
 
     def jobs(root):
@@ -113,8 +113,8 @@ def test_a_config_written_before_defenses_were_plug_ins_reads_as_the_same_run(tm
     import yaml
     from pydantic import ValidationError
 
+    from abd.distill.config import DistillConfig
     from abd.experiment import runs
-    from abd.experiment.distill_config import DistillConfig
 
     cfg = DistillConfig(teacher=str(tmp_path / "t"), method="zskt", defense="abd", device="cpu")
     new = yaml.safe_load(cfg.resolved().to_yaml())
@@ -163,8 +163,8 @@ def test_a_config_written_before_defenses_were_plug_ins_reads_as_the_same_run(tm
 
 
 def test_where_a_run_ran_is_no_part_of_its_identity(tmp_path) -> None:
+    from abd.distill.config import DistillConfig
     from abd.experiment import runs
-    from abd.experiment.distill_config import DistillConfig
 
     gpu = DistillConfig(teacher="t", method="zskt", defense="abd", device="cuda", threads=4)
     (tmp_path / "config.yaml").write_text(gpu.resolved().to_yaml())

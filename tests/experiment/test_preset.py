@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from abd.experiment.distill_config import DistillConfig
+from abd.distill.config import DistillConfig
 
 # The paper's values (Hong et al. ICML 2023, Sec. 4 and its CIFAR-10 ZSKT protocol), stated here, not read
 # from the package. The paper's algorithm's fixed parts (3 shuffled copies, argmax mask, d penalty, mean/std
@@ -28,8 +28,8 @@ def test_paper_preset_resolves_to_the_papers_values_field_by_field(method: str) 
 
 
 def test_paper_sv_variant_builds_the_papers_vaccine(backdoored_teacher_dir) -> None:
+    from abd.checkpoint import load_model
     from abd.defense import SVOptions, build_vaccine
-    from abd.experiment.checkpoint import load_model
 
     teacher, _ = load_model(backdoored_teacher_dir)
     sv = build_vaccine(teacher.eval(), SVOptions(**PAPER_SV))

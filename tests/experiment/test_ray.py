@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from abd.experiment.distill_config import DistillConfig
+from abd.distill.config import DistillConfig
 from abd.experiment.grid import GridConfig
 from abd.experiment.runs import Job, build_distiller, ray_task_options, run_jobs, run_or_reuse
 

@@ -90,7 +90,7 @@ def cifar_root(root: Path, bad: str | None = None, kind: str = "system", marker:
 
 @pytest.fixture(scope="module")
 def teacher_state(backdoored_teacher_dir: Path) -> dict[str, torch.Tensor]:
-    from abd.experiment.checkpoint import load_model
+    from abd.checkpoint import load_model
 
     model, _ = load_model(backdoored_teacher_dir)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -112,7 +112,7 @@ def finished_run(backdoored_teacher_dir: Path, tmp_path_factory: pytest.TempPath
 def interrupted_run(backdoored_teacher_dir: Path, finished_run: Path,
                     tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The finished run's configuration stopped after round 1: config.yaml, checkpoint.pt, no metrics.json."""
-    from abd.experiment.distill_config import DistillConfig
+    from abd.distill.config import DistillConfig
     from abd.experiment.runs import build_distiller
 
     out = tmp_path_factory.mktemp("interrupted") / "run"

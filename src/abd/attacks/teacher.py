@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from abd.attacks.base import Trigger
+from abd.attacks.config import TeacherConfig
 from abd.attacks.poison import make_eval_data, poison_training_set
+from abd.checkpoint import save_model
 from abd.data import Normalizer, augment_batch, iterate_batches, load_dataset, to_float
 from abd.data.base import ImageDataset
 from abd.data.transforms import cutout as cutout_batch
-from abd.experiment.checkpoint import save_model
-from abd.experiment.config import TeacherConfig
 from abd.metrics import evaluate, format_metrics
 from abd.models import create_model
 from abd.utils import JsonLines, resolve_device, seed_everything, torch_threads, write_json

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from abd.experiment.config import TeacherConfig
+from abd.attacks.config import TeacherConfig
 from abd.utils import write_json
 
 RECIPES = {"heldout": "zoo.yaml", "dev": "zoo_dev.yaml"}  # the packaged zoos, by split
@@ -88,7 +88,7 @@ def _bench_teacher(teacher: Path, todo: list[str], options: dict[str, dict[str, 
     from abd.api import model_spec
     from abd.audit.combined import PARTS, combine
     from abd.audit.report import audit_model
-    from abd.experiment.checkpoint import load_model
+    from abd.checkpoint import load_model
     from abd.utils import torch_threads
 
     model, meta = load_model(teacher, "teacher")

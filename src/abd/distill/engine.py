@@ -17,10 +17,10 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from abd.checkpoint import safe_torch_load, save_model
 from abd.defense import DEFENSES, Defense, create_defense
 from abd.distill.base import KDContext, KDMethod, create_method
-from abd.experiment.checkpoint import safe_torch_load, save_model
-from abd.experiment.distill_config import DistillConfig
+from abd.distill.config import DistillConfig
 from abd.metrics import EvalData, evaluate
 from abd.models.hooks import capture_features, feature_layers
 from abd.utils import JsonLines, read_jsonl, write_json
@@ -235,7 +235,7 @@ class Distiller:
     def check_branch(self, parent: str | Path) -> Path:
         """The branch state of `parent`, after checking that this run is that run with its late-starting
         defense (SR with ``fraction`` < 1) added."""
-        from abd.experiment.distill_config import DistillConfig
+        from abd.distill.config import DistillConfig
 
         parent = Path(parent)
         state, cfg_file = parent / BRANCH_FILE, parent / "config.yaml"

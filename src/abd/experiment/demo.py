@@ -17,7 +17,7 @@ from pydantic import Field
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from abd.experiment.distill_config import StudyConfig
+from abd.distill.config import StudyConfig
 from abd.experiment.report import (
     aggregate,
     collapse_lines,
@@ -46,15 +46,9 @@ class DemoConfig(StudyConfig):
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
 
 
-def _parent_arm(arm: str, parent: str) -> str:
-    """The arm a late-starting defense's arm branches from: same method, the defense `parent`."""
-    method, _ = ARMS[arm]
-    return next(a for a, md in ARMS.items() if md == (method, parent))
-
-
 def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every seed and arm; write results.json, results.md and figures into `out_dir`."""
-    from abd.experiment.runs import Job, ensure_teacher, run_jobs
+    from abd.experiment.runs import Arm, run_study
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,38 +60,24 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dic
     proto = protocol(list(range(cfg.seeds)), what="the demo")
     if progress:
         tqdm.write(proto["text"])
-    teachers, jobs = [], []
-    for seed in range(cfg.seeds):
-        tdir = out / f"seed{seed}" / "teacher"
-        if progress:
-            tqdm.write(f"[seed {seed}] {cfg.trigger} teacher")
-        teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
-        for arm in cfg.arms:
-            method, defense = ARMS[arm]
-            dcfg = cfg.distill_config(str(tdir), method, defense, seed, {"rounds": cfg.rounds})
-            bp = dcfg.branch_parent
-            parent = out / f"seed{seed}" / _parent_arm(arm, bp) if bp is not None else None
-            jobs.append(Job(dcfg, out / f"seed{seed}" / arm, parent, f"[seed {seed}] {arm}"))
-    metrics = run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)
-    per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
-    for job, m in zip(jobs, metrics):
-        per_arm[job.run_dir.name].append(m)
-    arms = {"teacher": aggregate(teachers, KEYS)}
-    arms.update({a: aggregate(runs, KEYS) for a, runs in per_arm.items()})
+    arms = [Arm(a, *ARMS[a], {"rounds": cfg.rounds}) for a in cfg.arms]
+    teachers, per_arm = run_study(cfg, out, list(range(cfg.seeds)), arms, progress)
+    rows = {"teacher": aggregate(teachers, KEYS)}
+    rows.update({a: aggregate(runs, KEYS) for a, runs in per_arm.items()})
     if "zskt+sr" in per_arm and "zskt" in per_arm:  # SR phase vs the vanilla control from the same point
-        arms["zskt+sr"].update(aggregate([{"asr_at_sr_start": r.get("sr_start_metrics", {}).get("asr")}
+        rows["zskt+sr"].update(aggregate([{"asr_at_sr_start": r.get("sr_start_metrics", {}).get("asr")}
                                           for r in per_arm["zskt+sr"]], ["asr_at_sr_start"]))
     if "zskt+sv" in per_arm and "zskt" in per_arm:
         ratio = [s["seconds_per_step"] / v["seconds_per_step"]
                  for s, v in zip(per_arm["zskt+sv"], per_arm["zskt"])]
-        arms["zskt+sv"].update(aggregate([{"time_ratio_vs_vanilla": r} for r in ratio], ["time_ratio_vs_vanilla"]))
-    results = {"config": cfg.model_dump(mode="json"), "arms": arms, "protocol": proto,
+        rows["zskt+sv"].update(aggregate([{"time_ratio_vs_vanilla": r} for r in ratio], ["time_ratio_vs_vanilla"]))
+    results = {"config": cfg.model_dump(mode="json"), "arms": rows, "protocol": proto,
                "wall_seconds": time.perf_counter() - t_start,
                "collapse_warnings": collapse_lines(per_arm, list(range(cfg.seeds)))}
     write_json(out / "results.json", results)
     columns = [("acc", "ACC %", "%"), ("asr", "ASR %", "%"), ("target_acc", "target-class ACC %", "%"),
                ("seconds", "seconds", "s")]
-    table = markdown_table(arms, columns)
+    table = markdown_table(rows, columns)
     note = (f"\n{cfg.seeds} seed(s); ASR over n={teachers[0].get('asr_n')} triggered non-target test images; "
             f"mean ± std over seeds. Wall time {results['wall_seconds']:.0f} s.\n\n{proto['text']}\n")
     collapsed = results["collapse_warnings"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from abd.experiment.distill_config import StudyConfig
+from abd.distill.config import StudyConfig
 from abd.experiment.report import aggregate, collapse_lines, markdown_table, protocol
 from abd.utils import write_json
 
@@ -53,31 +53,22 @@ class GridConfig(StudyConfig):
 
 def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) every seed x method x defense; write grid.json, grid.md and grid.png."""
-    from abd.experiment.runs import Job, ensure_teacher, run_jobs, with_parents
+    from abd.experiment.runs import Arm, run_study, with_parents
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid_config.yaml").write_text(cfg.to_yaml())
     t_start = time.perf_counter()
-    proto = protocol(list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)), what="the grid")
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+    proto = protocol(seeds, what="the grid")
     if progress:
         print(proto["text"], flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    teachers, jobs = [], []
-    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        tdir = out / f"seed{seed}" / "teacher"
-        teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
-        for method in cfg.methods:
-            opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
-            parents = {d: cfg.distill_config(str(tdir), method, d, seed, opts).branch_parent for d in cfg.defenses}
-            for defense in with_parents(cfg.defenses, parents.get):
-                dcfg = cfg.distill_config(str(tdir), method, defense, seed, opts)
-                bp = dcfg.branch_parent
-                parent = out / f"seed{seed}" / f"{method}+{bp}" if bp is not None else None
-                jobs.append(Job(dcfg, out / f"seed{seed}" / f"{method}+{defense}", parent,
-                                f"[seed {seed}] {method}+{defense}"))
-    for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)):
-        runs.setdefault(job.run_dir.name, []).append(m)
+    arms = []
+    for method in cfg.methods:
+        opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
+        parents = {d: cfg.distill_config("teacher", method, d, 0, opts).branch_parent for d in cfg.defenses}
+        arms += [Arm(f"{method}+{d}", method, d, opts) for d in with_parents(cfg.defenses, parents.get)]
+    teachers, runs = run_study(cfg, out, seeds, arms, progress)
     rows = {"teacher": aggregate(teachers, GRID_KEYS)}
     rows.update({k: aggregate(v, GRID_KEYS) for k, v in runs.items()})
     results = {"config": cfg.model_dump(mode="json"), "rows": rows, "protocol": proto,
@@ -92,7 +83,7 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     results["best_defense"] = winners
     write_json(out / "grid.json", results)
     note += "".join(f"\n{line}" for line in winner_lines(winners)) + ("\n" if winners else "")
-    collapsed = collapse_lines(runs, list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)))
+    collapsed = collapse_lines(runs, seeds)
     note += "".join(f"\n{line}" for line in collapsed) + ("\n" if collapsed else "")
     (out / "grid.md").write_text(f"# abd grid\n\n{markdown_table(shown, columns)}{note}")
     plot_grid(shown, cfg.methods, [d for d in cfg.defenses if d != "none"], out / "grid.png")

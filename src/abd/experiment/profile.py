@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from abd.distill.config import DistillConfig
 from abd.distill.engine import PROFILE_PARTS
-from abd.experiment.distill_config import DistillConfig
 from abd.experiment.runs import run_distill
 from abd.utils import write_json
 

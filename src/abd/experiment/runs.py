@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from abd.attacks import create_trigger
+from abd.attacks.config import TeacherConfig
 from abd.attacks.poison import make_eval_data
+from abd.checkpoint import load_model
 from abd.data import load_dataset
 from abd.distill.base import KDContext
+from abd.distill.config import DistillConfig, StudyConfig
 from abd.distill.engine import Distiller
-from abd.experiment.checkpoint import load_model
-from abd.experiment.config import TeacherConfig
-from abd.experiment.distill_config import DistillConfig
 from abd.models import create_model
 from abd.utils import resolve_device, seed_everything, torch_threads
 
@@ -170,6 +170,43 @@ class Job:
     def branch_parent(self) -> Path | None:
         """The parent this run really branches from: only a run with a late-starting defense has one."""
         return self.parent if self.cfg.branch_parent is not None else None
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a study: its folder name under ``seed<N>/``, KD method, defense and method options."""
+
+    name: str
+    method: str
+    defense: str
+    opts: dict[str, Any] = field(default_factory=dict)
+
+
+def run_study(cfg: StudyConfig, out: Path, seeds: list[int], arms: list[Arm],
+              progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The runner the demo and the grid share: every seed's teacher (trained or reused) in
+    ``out/seed<N>/teacher`` and every arm's run (made or reused) in ``out/seed<N>/<arm>``, `cfg.workers` at a
+    time. A run whose defense starts late branches from the arm of the same method whose defense it names,
+    which must be among `arms`. Returns the teachers' metrics and each arm's metrics, one per seed."""
+    teachers, jobs = [], []
+    for seed in seeds:
+        tdir = out / f"seed{seed}" / "teacher"
+        if progress:
+            tqdm.write(f"[seed {seed}] {cfg.trigger} teacher")
+        teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
+        for arm in arms:
+            dcfg = cfg.distill_config(str(tdir), arm.method, arm.defense, seed, arm.opts)
+            parent = None
+            if (bp := dcfg.branch_parent) is not None:
+                src = next((a for a in arms if (a.method, a.defense) == (arm.method, bp)), None)
+                if src is None:
+                    raise ValueError(f"arm {arm.name} branches from {arm.method}+{bp}, which is not in the study")
+                parent = out / f"seed{seed}" / src.name
+            jobs.append(Job(dcfg, out / f"seed{seed}" / arm.name, parent, f"[seed {seed}] {arm.name}"))
+    per_arm: dict[str, list[dict[str, Any]]] = {a.name: [] for a in arms}
+    for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)):
+        per_arm[job.run_dir.name].append(m)
+    return teachers, per_arm
 
 
 def with_parents(defenses: list[str], parent_of: Any) -> list[str]:

@@ -27,8 +27,8 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from abd.experiment.config import TeacherConfig
-from abd.experiment.distill_config import StudyConfig
+from abd.attacks.config import TeacherConfig
+from abd.distill.config import StudyConfig
 from abd.experiment.report import mean_std
 from abd.utils import write_json
 
@@ -84,7 +84,7 @@ class TableConfig(StudyConfig):
     @field_validator("triggers", "paper_triggers")
     @classmethod
     def _triggers(cls, v: list[str]) -> list[str]:
-        from abd.experiment.config import _check_registered
+        from abd.config import _check_registered
 
         for name in v:
             _check_registered("trigger", name)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from abd.experiment.config import TeacherConfig
+from abd.attacks.config import TeacherConfig
 from abd.utils import write_json
 
 COLUMNS = ("trigger", "poison_rate", "cutout", "n_poison", "acc", "asr", "ra", "target_acc", "asr_n",

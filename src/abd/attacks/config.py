@@ -1,4 +1,4 @@
-"""Typed configuration, validated once at the edge (YAML files and CLI flags)."""
+"""The typed configuration of a teacher: how to build (and poison) it, validated once at the edge."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from abd.config import Config, _check_registered, registry_of
-
-__all__ = ["Config", "TeacherConfig", "_check_registered", "registry_of"]
 
 
 class TeacherConfig(Config):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from abd.experiment.checkpoint import CheckpointError, load_model, load_state_dict, load_weights, save_model
+from abd.checkpoint import CheckpointError, load_model, load_state_dict, load_weights, save_model
 from abd.models import create_model
 
 

@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from abd.config import Config
+from abd.attacks.config import TeacherConfig
+from abd.config import Config, _check_registered
 from abd.defense import SROptions, SVOptions  # noqa: F401  (re-exported: the options of the two plug-ins)
-from abd.experiment.config import TeacherConfig, _check_registered
 
 # Options of the Shuffling Vaccine and Self-Retrospection that were removed (measured dead ends, or fixed at
 # the one value every default and the paper use). A config that names one is read when its value is the one
