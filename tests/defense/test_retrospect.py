@@ -220,8 +220,8 @@ def test_blend_candidate_is_image_wide_in_range_and_unlearned_beside_the_patch(b
     teacher, student, x = _teacher_student_batch(backdoored_teacher_dir)
     unit = {"mean": (0.0,), "std": (1.0,)}  # normalized units = pixel units: the pattern lies in [0, 1]
     patch_only = SelfRetrospection(student, teacher, SROptions(blend=None), **unit)
-    both = SelfRetrospection(student, teacher, SROptions(blend=0.9), generator=torch.Generator().manual_seed(0),
-                             **unit)
+    both = SelfRetrospection(student, teacher, SROptions(blend=0.9, blend_gate=None),  # the candidate, ungated
+                             generator=torch.Generator().manual_seed(0), **unit)
     torch.manual_seed(0)
     extra_patch = patch_only.step(x)
     torch.manual_seed(0)
@@ -238,9 +238,10 @@ def test_blend_candidate_is_image_wide_in_range_and_unlearned_beside_the_patch(b
         assert kl_mean(teacher(x), teacher(both.blended(x, pattern, 0.9))) > 0.01
 
     def unlearning_loss(seed: int) -> float:  # the blend weights are drawn per sample from SR's generator
-        sr = SelfRetrospection(student, teacher, SROptions(blend=0.9), generator=torch.Generator().manual_seed(seed),
-                               **unit)
+        sr = SelfRetrospection(student, teacher, SROptions(blend=0.9, blend_gate=None),
+                               generator=torch.Generator().manual_seed(seed), **unit)
         sr.last_delta, sr.last_pattern, sr._last_x = both.last_delta, both.last_pattern, x  # reused: no synthesis
+        sr.blend_on = True
         return float(sr.step(x).detach())
 
     assert unlearning_loss(1) == unlearning_loss(1) != unlearning_loss(2)
@@ -262,3 +263,28 @@ def test_suspect_class_is_deterministic_and_steers_the_blend_candidate(backdoore
             toward[suspect] = float((teacher(sr.blended(x, sr.last_pattern, 0.3)).argmax(1) == suspect)
                                     .float().mean())
     assert toward[0] > 0.5 > toward[7]  # a bounded image-wide change reaches the backdoor target, not any class
+
+
+def test_blend_gate_opens_for_an_image_wide_trigger_and_stays_shut_for_a_patch(backdoored_teacher_dir,
+                                                                               tmp_path) -> None:
+    from abd.attacks.config import TeacherConfig
+    from abd.attacks.teacher import train_teacher
+    from abd.data import load_dataset
+
+    blend_dir = tmp_path / "blend"
+    m = train_teacher(TeacherConfig(trigger="blend", epochs=4, device="cpu"), blend_dir, progress=False)
+    assert m["asr"] > 0.9, m  # a real image-wide backdoor (target 0)
+    ds = load_dataset("mnist5k")
+    digits = torch.as_tensor(ds.x_test[:64]).float().permute(0, 3, 1, 2) / 255
+    x = (digits - MNIST[0][0]) / MNIST[1][0]
+    shares = {}
+    for name, tdir in (("blend", blend_dir), ("badnet_grid", backdoored_teacher_dir)):
+        teacher, student, _ = _teacher_student_batch(tdir)
+        sr = SelfRetrospection(student, teacher, SROptions(), generator=torch.Generator().manual_seed(0),
+                               mean=MNIST[0], std=MNIST[1])
+        for i in range(4):  # four rounds of pattern synthesis on four batches
+            sr.step(x[16 * i: 16 * (i + 1)])
+        shares[name] = (sr.clean_stats["sr_blend_faint"], sr.blend_on, sr.blend_count)
+    assert shares["blend"][1] and shares["blend"][0] >= 0.8, shares  # a faint blend fires the trigger
+    assert not shares["badnet_grid"][1] and shares["badnet_grid"][0] < 0.8, shares  # a drawn class needs more
+    assert shares["badnet_grid"][2][1] == 4  # every synthesis was gated and counted

@@ -43,7 +43,12 @@ INNER_STEP, NEUMANN_K, OUT_PORTION = 0.1, 5, 0.02
 # (delta's largest pixels lie on and around a trigger's: the 16 support pixels covered 1 of the BadNets
 # grid's 4 white pixels, and the teacher kept its target on 100 % of those occluded digits; grown by 2, none)
 CLEAN_DILATE = 2
-CONSISTENCY_ONLY = {"l1": 0.0, "support": None, "clean_target": False, "blend": None}  # and their inert values
+# the blend candidate is unlearned only in a round where its pattern, at this fraction of its weight, already
+# sends `blend_gate` of the batch to the suspect class: a faint blend fires an image-wide trigger, while the
+# pattern found for a patch or clean teacher is a drawing of a class that needs the full weight
+BLEND_FAINT = 1 / 3
+CONSISTENCY_ONLY = {"l1": 0.0, "support": None, "clean_target": False, "blend": None,
+                   "blend_gate": None}  # and their inert values
 
 
 class SROptions(Config):
@@ -76,10 +81,15 @@ class SROptions(Config):
     blend: float | None = Field(0.3, gt=0, le=1, description="consistency: also unlearn an image-wide blend "
                                 "(1 - a) x + a p, the pattern p driven to the teacher's default class on smooth "
                                 "noise, a drawn per sample in [0, blend] (None: the patch perturbation only)")
+    blend_gate: float | None = Field(0.8, gt=0, le=1, description="consistency: unlearn the blend in a round only "
+                                     "when the pattern at a third of its weight sends this share of the batch to "
+                                     "the suspect class (None: every round)")
 
     @model_validator(mode="before")
     @classmethod
     def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "blend_gate" not in data and set(cls.model_fields) - {"blend_gate"} <= set(data):
+            return {**data, "blend_gate": None}  # a full record written before the gate: the run as it was made
         if isinstance(data, dict) and "dense" in data:
             if data["dense"] is None and "blend" not in data:  # no image-wide candidate then, none now
                 return {**{k: v for k, v in data.items() if k != "dense"}, "blend": None}
@@ -207,6 +217,8 @@ class SelfRetrospection:
                 self.suspect = suspect_class(teacher, (len(mean), size, size), mean, std)[0]
         self.last_delta: torch.Tensor | None = None
         self.last_pattern: torch.Tensor | None = None
+        self.blend_on = False  # this round's gate of the blend candidate
+        self.blend_count = [0, 0]  # syntheses of the pattern with the gate open, all syntheses
         self.clean_stats: dict[str, float] = {}  # of the last clean_targets call (logged)
         self._last_x: torch.Tensor | None = None
 
@@ -273,6 +285,16 @@ class SelfRetrospection:
             model.train(was)
         return delta.detach()
 
+    @torch.no_grad()
+    def faint_share(self, x: torch.Tensor) -> float:
+        """The share of `x` the teacher answers with the suspect class once blended with the pattern at
+        ``BLEND_FAINT`` of the blend weight (logged as ``sr_blend_faint``)."""
+        with frozen(self.teacher) as teacher:
+            out = teacher(self.blended(x.detach(), self.last_pattern, self.opts.blend * BLEND_FAINT))
+        share = float((out.argmax(1) == self.suspect).float().mean())
+        self.clean_stats["sr_blend_faint"] = share
+        return share
+
     def support_mask(self, delta: torch.Tensor) -> torch.Tensor:
         """0/1 mask (1x1xHxW) of the ``support`` fraction of pixel locations where |delta| is largest."""
         mag = delta.abs().sum(1).flatten()
@@ -305,8 +327,8 @@ class SelfRetrospection:
                 suspect = teacher(self.perturb(x, delta)).argmax(1).mode().values
             occluded = teacher(x * (1.0 - region))
         use = (t_logits.argmax(1) == suspect) & (occluded.argmax(1) != suspect)
-        self.clean_stats = {"sr_replaced": float(use.float().mean()), "sr_region": float(region.mean()),
-                            "sr_suspect_share": float((t_logits.argmax(1) == suspect).float().mean())}
+        self.clean_stats.update({"sr_replaced": float(use.float().mean()), "sr_region": float(region.mean()),
+                                 "sr_suspect_share": float((t_logits.argmax(1) == suspect).float().mean())})
         return torch.where(use[:, None], occluded, t_logits)
 
     def unlearning_grads(self, x: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]:
@@ -349,6 +371,9 @@ class SelfRetrospection:
         image_wide = self.pixel_range is not None
         if image_wide and not (reuse and self.last_pattern is not None):
             self.last_pattern = self.synthesize(x, t_logits, image_wide=True)
+            self.blend_on = self.faint_share(x) >= self.opts.blend_gate if self.opts.blend_gate else True
+            self.blend_count = [self.blend_count[0] + self.blend_on, self.blend_count[1] + 1]
+            self.clean_stats["sr_blend_on"] = float(self.blend_on)
         self._last_x = x
         self.last_delta = delta
         if self.consistency:
@@ -358,7 +383,7 @@ class SelfRetrospection:
                 with torch.no_grad():
                     t_logits = self.teacher(x)
             loss = self.unlearn_divergence(t_logits.detach(), self.student(self.perturb(x, delta)))
-            if image_wide and self.last_pattern is not None:  # every blend weight up to the synthesized one
+            if image_wide and self.blend_on:  # every blend weight up to the synthesized one
                 alpha = self.opts.blend * torch.rand(len(x), 1, 1, 1, generator=self.generator).to(x.device)
                 loss = loss + self.unlearn_divergence(t_logits.detach(),
                                                       self.student(self.blended(x, self.last_pattern, alpha)))
@@ -444,7 +469,11 @@ class SelfRetrospectionDefense(Defense):
         return {"sr": self.started, **self.sr.clean_stats}
 
     def metrics(self) -> dict[str, Any]:
-        return {"sr_seconds": self.seconds, **({"sr_suspect": self.sr.suspect} if self.sr.suspect is not None else {})}
+        out: dict[str, Any] = {"sr_seconds": self.seconds}
+        if self.sr.suspect is not None:  # the blend candidate: its class and the share of rounds it was unlearned
+            on, n = self.sr.blend_count
+            out.update({"sr_suspect": self.sr.suspect, "sr_blend_on_share": on / n if n else 0.0})
+        return out
 
     def artifacts(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -455,7 +484,8 @@ class SelfRetrospectionDefense(Defense):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"started": self.started, "seconds": self.seconds, "rng": self.sr.generator.get_state()}
+        st: dict[str, Any] = {"started": self.started, "seconds": self.seconds, "rng": self.sr.generator.get_state(),
+                              "blend_count": torch.tensor(self.sr.blend_count)}
         if self.sr.last_delta is not None:  # the consistency mode continues from them
             st["delta"] = self.sr.last_delta.detach()
         if self.sr.last_pattern is not None:
@@ -466,5 +496,7 @@ class SelfRetrospectionDefense(Defense):
         self.seconds = state["seconds"]
         self.sr.generator.set_state(state["rng"])
         self.sr.last_delta, self.sr.last_pattern = state.get("delta"), state.get("pattern")
+        if "blend_count" in state:
+            self.sr.blend_count = [int(v) for v in state["blend_count"]]
         if state["started"]:
             self._enter()

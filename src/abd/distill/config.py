@@ -28,7 +28,7 @@ _SR_IGNORED = {"consistency": {"out_portion", "radius"}, "hypergrad": {"radius",
 # Filling in today's defaults instead would let a run of the earlier defaults pass for one of today's (and
 # be reused as such).
 _ADDED_SV = {"floor": None, "balance": 0.0, "bn_prior": 0.0}
-_ADDED_SR = {"blend": None}
+_ADDED_SR = {"blend": None, "blend_gate": None}
 
 
 def _removed(name: str, key: str, value: Any, want: Any) -> None:
@@ -74,7 +74,7 @@ def migrate_legacy(data: dict[str, Any], used: list[str] | None = None) -> dict[
         for k in _SR_IGNORED[mode]:
             sr.pop(k, None)
         if mode == "hypergrad":  # the consistency mode's options were inert there
-            for k in ("l1", "support", "clean_target", "dense", "blend"):
+            for k in ("l1", "support", "clean_target", "dense", "blend", "blend_gate"):
                 sr.pop(k, None)
         else:
             sr = {**_ADDED_SR, **sr}
