@@ -219,7 +219,7 @@ class SelfRetrospection:
         self.last_pattern: torch.Tensor | None = None
         self.blend_on = False  # this round's gate of the blend candidate
         self.blend_count = [0, 0]  # syntheses of the pattern with the gate open, all syntheses
-        self.clean_stats: dict[str, float] = {}  # of the last clean_targets call (logged)
+        self.clean_stats: dict[str, float] = {}  # of the last clean_targets call and blend gate (logged)
         self._last_x: torch.Tensor | None = None
 
     def perturb(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -288,12 +288,10 @@ class SelfRetrospection:
     @torch.no_grad()
     def faint_share(self, x: torch.Tensor) -> float:
         """The share of `x` the teacher answers with the suspect class once blended with the pattern at
-        ``BLEND_FAINT`` of the blend weight (logged as ``sr_blend_faint``)."""
+        ``BLEND_FAINT`` of the blend weight."""
         with frozen(self.teacher) as teacher:
             out = teacher(self.blended(x.detach(), self.last_pattern, self.opts.blend * BLEND_FAINT))
-        share = float((out.argmax(1) == self.suspect).float().mean())
-        self.clean_stats["sr_blend_faint"] = share
-        return share
+        return float((out.argmax(1) == self.suspect).float().mean())
 
     def support_mask(self, delta: torch.Tensor) -> torch.Tensor:
         """0/1 mask (1x1xHxW) of the ``support`` fraction of pixel locations where |delta| is largest."""
@@ -371,9 +369,10 @@ class SelfRetrospection:
         image_wide = self.pixel_range is not None
         if image_wide and not (reuse and self.last_pattern is not None):
             self.last_pattern = self.synthesize(x, t_logits, image_wide=True)
-            self.blend_on = self.faint_share(x) >= self.opts.blend_gate if self.opts.blend_gate else True
+            share = self.faint_share(x)
+            self.blend_on = share >= self.opts.blend_gate if self.opts.blend_gate else True
             self.blend_count = [self.blend_count[0] + self.blend_on, self.blend_count[1] + 1]
-            self.clean_stats["sr_blend_on"] = float(self.blend_on)
+            self.clean_stats.update({"sr_blend_faint": share, "sr_blend_on": float(self.blend_on)})
         self._last_x = x
         self.last_delta = delta
         if self.consistency:
