@@ -7,7 +7,8 @@
 - target_acc: clean accuracy on the target class alone (a defense must not win ASR by never
   predicting the target class).
 - pred_max_share: the largest fraction of the clean test predictions on one class (``pred_max_class``);
-  ``collapsed`` when it reaches :data:`COLLAPSE_SHARE`.
+  ``collapsed`` when it reaches :data:`COLLAPSE_SHARE`, ``partial_collapse`` when it reaches
+  :data:`PARTIAL_SHARE` but not :data:`COLLAPSE_SHARE` (:func:`collapse_level`).
 - DER (:func:`der`): BackdoorBench's defense effectiveness rating of a defended model against its vanilla one.
 All values are fractions in [0, 1].
 """
@@ -25,6 +26,19 @@ COLLAPSE_SHARE = 0.9
 *collapsed*: it has stopped telling the classes apart, and its low ASR (or its ACC near 10 %) says nothing
 about a defense. A healthy student's largest class share is near 10 %; the target class of a backdoored
 one stays near 10 % on clean images too."""
+
+PARTIAL_SHARE = 0.4
+"""A model answering one class on at least this fraction (four times a balanced share) but less than
+:data:`COLLAPSE_SHARE` is *partially collapsed*: it still tells some classes apart but has merged others into
+one (a held-out trojan_3x3 ZSKT+ABD student answered class 1 on 47 % of the test set at 47.9 % ACC)."""
+
+
+def collapse_level(share: float | None) -> str | None:
+    """``"collapsed"``, ``"partial"`` or None for a model's largest class share on the clean test set (None:
+    not measured)."""
+    if share is None:
+        return None
+    return "collapsed" if share >= COLLAPSE_SHARE else "partial" if share >= PARTIAL_SHARE else None
 
 
 @torch.no_grad()
@@ -53,14 +67,16 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 
 def collapse_stats(preds: torch.Tensor, num_classes: int) -> dict[str, float | int | bool]:
-    """``pred_max_share`` (the largest fraction of `preds` on one class), that class (``pred_max_class``)
-    and ``collapsed`` (``pred_max_share >= COLLAPSE_SHARE``); an empty set is not collapsed."""
+    """``pred_max_share`` (the largest fraction of `preds` on one class), that class (``pred_max_class``),
+    ``collapsed`` and ``partial_collapse`` (:func:`collapse_level`); an empty set is neither."""
     if len(preds) == 0:
-        return {"pred_max_share": 0.0, "pred_max_class": 0, "collapsed": False}
+        return {"pred_max_share": 0.0, "pred_max_class": 0, "collapsed": False, "partial_collapse": False}
     counts = torch.bincount(preds.long().flatten(), minlength=num_classes)
     cls = int(counts.argmax())
     share = float(counts[cls]) / len(preds)
-    return {"pred_max_share": share, "pred_max_class": cls, "collapsed": bool(share >= COLLAPSE_SHARE)}
+    level = collapse_level(share)
+    return {"pred_max_share": share, "pred_max_class": cls, "collapsed": level == "collapsed",
+            "partial_collapse": level == "partial"}
 
 
 def der(acc_vanilla: float, asr_vanilla: float, acc_defended: float, asr_defended: float) -> float:

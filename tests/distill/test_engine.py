@@ -184,3 +184,21 @@ def test_profile_splits_the_training_time(backdoored_teacher_dir, tmp_path, defe
     share = {k: v / m["seconds"] for k, v in prof.items()}
     assert (share["defense_synthesis"] > 0.01) == (defense == "sv")  # SV's term on the synthesis loss
     assert (share["defense_step"] > 0.01) == (defense == "dhbe")  # DHBE's term on the student's step
+
+
+@pytest.mark.parametrize(("share", "event"), [(0.5, "partial_collapse"), (0.95, "collapsed"), (0.2, None)])
+def test_a_collapse_is_written_to_the_log_and_the_metrics(backdoored_teacher_dir, tmp_path, monkeypatch,
+                                                          share: float, event: str | None) -> None:
+    import abd.metrics
+
+    def predict(model, x, batch_size=512):  # a student answering class 1 on `share` of any input set
+        i = torch.arange(len(x))
+        return torch.where(i < int(share * len(x)), 1, i % 10)
+
+    monkeypatch.setattr(abd.metrics, "predict", predict)
+    out = tmp_path / "run"
+    m = build_distiller(_cfg(backdoored_teacher_dir, "none", rounds=2), out, progress=False).run()
+    assert m["pred_max_class"] == 1 and m["pred_max_share"] >= share
+    assert (m["collapsed"], m["partial_collapse"]) == (event == "collapsed", event == "partial_collapse")
+    events = [r["event"] for r in map(json.loads, (out / "curve.jsonl").read_text().splitlines()) if "event" in r]
+    assert events == ([event] if event else [])

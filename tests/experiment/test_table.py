@@ -12,7 +12,7 @@ import torch.nn as nn
 import yaml
 
 from abd.experiment.table import TableConfig, load_paper_table, paper_numbers, protocol_line, run_table
-from abd.metrics import COLLAPSE_SHARE, EvalData, collapse_stats, der, evaluate
+from abd.metrics import COLLAPSE_SHARE, PARTIAL_SHARE, EvalData, collapse_level, collapse_stats, der, evaluate
 
 TINY = {"seeds": 1, "triggers": ["badnet_grid", "blend"], "methods": ["zskt"], "paper_triggers": ["badnet_grid"],
         "rounds": {"zskt": 1, "clean": 2}, "teacher_epochs": 1, "eval_every": 2, "device": "cpu", "workers": 1,
@@ -66,7 +66,9 @@ def test_table_runs_end_to_end(table: tuple[Path, dict[str, Any]]) -> None:
     assert (Path(run_cfg["teacher"]) / "teacher.safetensors").is_file()
     # every metrics.json and curve.jsonl carries the collapse statistics
     m = json.loads((out / "seed0" / "blend" / "zskt+none" / "metrics.json").read_text())
-    assert {"pred_max_share", "collapsed"} <= m.keys()
+    assert {"pred_max_share", "collapsed", "partial_collapse"} <= m.keys()
+    for r in doc["rows"]:  # the table's flag is the share's level, for every run
+        assert r["partial_collapse_per_seed"] == [collapse_level(x) == "partial" for x in r["pred_max_share_per_seed"]]
     curve = [json.loads(x) for x in (out / "seed0" / "blend" / "zskt+none" / "curve.jsonl").read_text().splitlines()]
     assert all("collapsed" in c for c in curve if "acc" in c)
     md = (out / "table.md").read_text()
@@ -146,6 +148,14 @@ def test_collapse_is_detected_on_a_constant_model_only() -> None:
     assert collapse_stats(torch.tensor([3] * 9 + [1]), 10)["collapsed"] is True
     assert collapse_stats(torch.tensor([3] * 8 + [1, 2]), 10)["collapsed"] is False
     assert collapse_stats(torch.empty(0, dtype=torch.long), 10)["collapsed"] is False
+    # a partial collapse: one class on 40-90 % of the test set, flagged apart from a full one
+    assert PARTIAL_SHARE == 0.4
+    half = collapse_stats(torch.tensor([1] * 47 + list(range(10)) * 5 + [2] * 3), 10)
+    assert half["pred_max_class"] == 1 and half["pred_max_share"] == pytest.approx(0.52)
+    assert half["partial_collapse"] is True and half["collapsed"] is False
+    assert collapse_stats(torch.tensor([3] * 9 + [1]), 10)["partial_collapse"] is False  # full, not partial
+    assert collapse_stats(torch.tensor([3] * 2 + list(range(8))), 10)["partial_collapse"] is False  # 0.3
+    assert collapse_level(0.4) == "partial" and collapse_level(0.39) is None and collapse_level(None) is None
 
 
 def test_paper_numbers_load() -> None:
@@ -189,6 +199,20 @@ def test_protocol_names_development_and_held_out_seeds() -> None:
     assert mixed["heldout_seeds"] == [99] and "development seeds [100] among them" in mixed["text"]
 
 
+def test_table_cells_mark_full_and_partial_collapses() -> None:
+    from abd.experiment.table import collapse_warnings, run_cell
+
+    row = {"trigger": "trojan_3x3", "method": "zskt", "defense": "abd", "preset": "cpu", "seeds": [0, 1],
+           "acc": 0.67, "acc_std": 0.19, "asr": 0.01, "asr_std": 0.0, "collapsed_per_seed": [False, False],
+           "partial_collapse_per_seed": [False, True], "pred_max_share_per_seed": [0.12, 0.47],
+           "pred_max_class_per_seed": [0, 1]}
+    assert run_cell(row) == "67.0 ± 19.0 / 1.0 ± 0.0 (partial 1/2)"
+    assert collapse_warnings([row]) == ["partial collapse: seed 1 trigger trojan_3x3 zskt+abd answers class 1 on "
+                                        "47 % of the clean test set"]
+    row["collapsed_per_seed"] = [True, False]
+    assert run_cell(row).endswith("(collapsed 1/2, partial 1/2)")
+
+
 def test_collapse_lines_name_every_collapsed_run_and_only_those() -> None:
     from abd.experiment.report import collapse_lines
 
@@ -196,6 +220,9 @@ def test_collapse_lines_name_every_collapsed_run_and_only_those() -> None:
             "zskt+abd": [{"collapsed": False}, {"collapsed": False}]}
     lines = collapse_lines(runs, [0, 1])
     assert lines == ["- collapsed: [seed 0] zskt+none answers class 0 on 100 % of the clean test set"]
+    runs["zskt+abd"][1] = {"collapsed": False, "pred_max_class": 1, "pred_max_share": 0.47}  # a record of before
+    assert collapse_lines(runs, [0, 1])[1] == ("- partial collapse: [seed 1] zskt+abd answers class 1 on 47 % of "
+                                               "the clean test set")
 
 
 

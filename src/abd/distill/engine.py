@@ -21,7 +21,7 @@ from abd.checkpoint import safe_torch_load, save_model
 from abd.defense import DEFENSES, Defense, create_defense
 from abd.distill.base import KDContext, KDMethod, create_method
 from abd.distill.config import DistillConfig
-from abd.metrics import EvalData, evaluate
+from abd.metrics import EvalData, collapse_level, evaluate
 from abd.models.hooks import capture_features, feature_layers
 from abd.utils import JsonLines, read_jsonl, write_json
 
@@ -371,10 +371,12 @@ class Distiller:
                    **(self.defense.artifacts() if self.defense is not None else {})}
         save_file(tensors, str(self.out / "artifacts.safetensors"))
         write_json(self.out / "metrics.json", m)
-        if m.get("collapsed"):  # never silent: the log, the metrics and the tables say so
-            msg = (f"collapsed: the student answers class {m.get('pred_max_class')} on "
+        level = collapse_level(m.get("pred_max_share"))
+        if level:  # never silent: the log, the metrics and the tables say so
+            event = "collapsed" if level == "collapsed" else "partial_collapse"
+            msg = (f"{event}: the student answers class {m.get('pred_max_class')} on "
                    f"{100 * m['pred_max_share']:.0f} % of the clean test set")
-            self.log.write({"round": self.round, "event": "collapsed", "pred_max_class": m.get("pred_max_class"),
+            self.log.write({"round": self.round, "event": event, "pred_max_class": m.get("pred_max_class"),
                             "pred_max_share": m["pred_max_share"]})
             if self.progress:
                 tqdm.write(f"{self.out}: {msg}")

@@ -149,12 +149,17 @@ def protocol(seeds: list[int], development_seeds: tuple[int, ...] | list[int] = 
 
 
 def collapse_lines(runs: dict[str, list[dict]], seeds: list[int]) -> list[str]:
-    """One line per collapsed run (``collapsed`` in its metrics): ``runs`` maps a row name to its per-seed
+    """One line per collapsed or partially collapsed run (:func:`abd.metrics.collapse_level` of its
+    ``pred_max_share``; ``collapsed`` alone for a record without it): ``runs`` maps a row name to its per-seed
     metrics, in the order of `seeds`."""
+    from abd.metrics import collapse_level
+
     out = []
     for name, per_seed in runs.items():
         for seed, m in zip(seeds, per_seed):
-            if m.get("collapsed"):
-                out.append(f"- collapsed: [seed {seed}] {name} answers class {m.get('pred_max_class')} on "
+            level = collapse_level(m.get("pred_max_share")) or ("collapsed" if m.get("collapsed") else None)
+            if level:
+                word = "collapsed" if level == "collapsed" else "partial collapse"
+                out.append(f"- {word}: [seed {seed}] {name} answers class {m.get('pred_max_class')} on "
                            f"{100 * m.get('pred_max_share', 1.0):.0f} % of the clean test set")
     return out

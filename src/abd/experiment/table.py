@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from abd.attacks.config import TeacherConfig
 from abd.distill.config import StudyConfig
 from abd.experiment.report import mean_std
+from abd.metrics import collapse_level
 from abd.utils import write_json
 
 PAPER_METHOD = "zskt"  # the method of the paper's table (and of the paper-preset rows)
@@ -217,6 +218,8 @@ def make_row(trigger: str, method: str, defense: str, preset: str | None,
         row[key], row[f"{key}_std"] = mean_std(known) if known else (None, None)
         row[f"{key}_per_seed"] = vals
     row["collapsed_per_seed"] = [r.get("collapsed") for r in runs]
+    # derived from the share, so that runs recorded before the partial flag existed carry it too
+    row["partial_collapse_per_seed"] = [collapse_level(r.get("pred_max_share")) == "partial" for r in runs]
     row["pred_max_share_per_seed"] = [r.get("pred_max_share") for r in runs]
     row["pred_max_class_per_seed"] = [r.get("pred_max_class") for r in runs]
     row["seconds"] = sum(float(r.get("seconds") or 0.0) for r in runs)
@@ -241,13 +244,14 @@ def add_der(rows: list[dict[str, Any]]) -> None:
 
 
 def collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per collapsed run (seed, trigger, run, the class it answers and on what share)."""
+    """One line per collapsed or partially collapsed run (seed, trigger, run, the class it answers and on
+    what share)."""
     lines = []
     for r in rows:
-        for seed, c, share, cls in zip(r["seeds"], r["collapsed_per_seed"], r["pred_max_share_per_seed"],
-                                       r["pred_max_class_per_seed"]):
-            if c:
-                lines.append(f"collapsed: seed {seed} trigger {r['trigger']} "
+        for seed, c, p, share, cls in zip(r["seeds"], r["collapsed_per_seed"], r["partial_collapse_per_seed"],
+                                          r["pred_max_share_per_seed"], r["pred_max_class_per_seed"]):
+            if c or p:
+                lines.append(f"{'collapsed' if c else 'partial collapse'}: seed {seed} trigger {r['trigger']} "
                              f"{_row_name(r['method'], r['defense'], r['preset'])} answers class {cls} on "
                              f"{100 * share:.0f} % of the clean test set")
     return lines
@@ -346,8 +350,11 @@ def _pct(v: float | None, sd: float | None, n: int) -> str:
 
 
 def _collapsed_mark(row: dict[str, Any]) -> str:
-    k, n = sum(bool(c) for c in row["collapsed_per_seed"]), len(row["seeds"])
-    return f" (collapsed {k}/{n})" if k else ""
+    n = len(row["seeds"])
+    k = sum(bool(c) for c in row["collapsed_per_seed"])
+    p = sum(bool(c) for c in row.get("partial_collapse_per_seed", []))
+    marks = [f"collapsed {k}/{n}"] * bool(k) + [f"partial {p}/{n}"] * bool(p)
+    return f" ({', '.join(marks)})" if marks else ""
 
 
 def run_cell(row: dict[str, Any] | None) -> str:
@@ -389,7 +396,8 @@ def markdown(results: dict[str, Any]) -> str:
         + (f"; {PAPER_METHOD}@paper: seeds {cfg_seeds(cfg, 'paper')}" if cfg.get("paper_triggers") else "") + ". "
         "DER (BackdoorBench, %): (max(0, ΔASR) - max(0, ΔACC) + 1) / 2 of the ABD mean against the vanilla "
         "mean (50: no change). \"(collapsed k/n)\": k of n seeds answer one class on >= 90 % of the clean test "
-        f"set. Wall time {results['wall_seconds']:.0f} s (the runs' own compute: {results['run_seconds']:.0f} s).",
+        "set; \"(partial k/n)\": on 40-90 % (a partial collapse). "
+        f"Wall time {results['wall_seconds']:.0f} s (the runs' own compute: {results['run_seconds']:.0f} s).",
         "",
         f"Paper columns: {paper['source']}",
         "",
@@ -431,7 +439,8 @@ def markdown(results: dict[str, Any]) -> str:
                      _paper_cell(paper_numbers(t, "zskt")), _paper_cell(paper_numbers(t, "zskt+abd"))]
             lines.append("| " + " | ".join(cells) + " |")
 
-    lines += ["", "## per seed", "", "Cells: ACC / ASR / target-class ACC in %; \"C\": collapsed.", "",
+    lines += ["", "## per seed", "",
+              "Cells: ACC / ASR / target-class ACC in %; \"C\": collapsed; \"P\": partially collapsed.", "",
               "| trigger | run | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|---|" + "|".join("---:" for _ in seeds) + "|"]
     for r in rows:
@@ -444,7 +453,8 @@ def markdown(results: dict[str, Any]) -> str:
             i = per[s]
             vals = [r["acc_per_seed"][i], r["asr_per_seed"][i], r["target_acc_per_seed"][i]]
             txt = " / ".join("-" if v is None else f"{100 * v:.1f}" for v in vals)
-            cells.append(txt + (" C" if r["collapsed_per_seed"][i] else ""))
+            part = r.get("partial_collapse_per_seed", [False] * len(r["seeds"]))[i]
+            cells.append(txt + (" C" if r["collapsed_per_seed"][i] else " P" if part else ""))
         lines.append(f"| {r['trigger']} | {_row_name(r['method'], r['defense'], r['preset'])} | "
                      + " | ".join(cells) + " |")
     if results.get("collapse_warnings"):
@@ -470,7 +480,8 @@ def cfg_rounds(cfg: dict[str, Any], method: str) -> int:
 # ---------------------------------------------------------------------------------------------- figure
 def plot_table(rows: list[dict[str, Any]], methods: list[str], path: str | Path) -> Path:
     """Per trigger, grouped bars of ASR (top) and ACC (bottom): each method vanilla (light) and ABD (dark),
-    the paper-preset ZSKT pair where run; a black tick marks the teacher; collapsed runs are hatched."""
+    the paper-preset ZSKT pair where run; a black tick marks the teacher; collapsed runs are hatched (xx),
+    partially collapsed ones dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -495,7 +506,8 @@ def plot_table(rows: list[dict[str, Any]], methods: list[str], path: str | Path)
                 r = by.get((t, m, d, p))
                 if r is None or r[key] is None:
                     continue
-                hatch = "xx" if any(r["collapsed_per_seed"]) else None
+                hatch = "xx" if any(r["collapsed_per_seed"]) else \
+                    ".." if any(r.get("partial_collapse_per_seed", [])) else None
                 ax.bar(x[i] - 0.425 + (j + 0.5) * width, 100 * r[key], width, yerr=100 * (r[f"{key}_std"] or 0),
                        color=c, alpha=0.45 if d == "none" else 1.0, hatch=hatch, edgecolor="k" if hatch else c,
                        linewidth=0.4, error_kw={"elinewidth": 0.6, "capsize": 1.5})
@@ -511,6 +523,7 @@ def plot_table(rows: list[dict[str, Any]], methods: list[str], path: str | Path)
                for k, (m, p) in enumerate(series)]
     handles += [Patch(facecolor="grey", alpha=0.45, label="vanilla"), Patch(facecolor="grey", label="ABD"),
                 Patch(facecolor="white", edgecolor="k", hatch="xx", label="collapsed (some seed)"),
+                Patch(facecolor="white", edgecolor="k", hatch="..", label="partial collapse (some seed)"),
                 plt.Line2D([], [], color="k", label="teacher")]
     axes[0].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[0].set_title("vanilla (light) vs ABD (dark), mean ± std over seeds")
