@@ -120,9 +120,9 @@ def test_a_config_written_before_defenses_were_plug_ins_reads_as_the_same_run(tm
     new = yaml.safe_load(cfg.resolved().to_yaml())
     old = {k: v for k, v in new.items() if k != "defense_options"}
     sv = {k: v for k, v in new["defense_options"]["sv"].items() if k != "variant"}
-    old["sv"] = {**sv, "n_copies": 3, "kinds": ["conv"], "mask": "tail", "robust": True, "penalty": "log",
-                 "margin": 2.0, "verify_max_samples": 4096, "tail_std": 3.0, "tail_ratio": 0.02, "max_trials": 8,
-                 "shuffle_grad": True}
+    old["sv"] = {**sv, "floor": -4.0, "n_copies": 3, "kinds": ["conv"], "mask": "tail", "robust": True,
+                 "penalty": "log", "margin": 2.0, "verify_max_samples": 4096, "tail_std": 3.0, "tail_ratio": 0.02,
+                 "max_trials": 8, "shuffle_grad": True}
     old["sr"] = {**new["defense_options"]["sr"], "inner_step": 0.1, "k": 5, "out_portion": 0.1,
                  "pert_model": "teacher", "radius": 10.0, "warm_start": True, "reuse_delta": True, "divergence": "kl",
                  "objective": "divergence", "mix_portion": 1.0, "max_abs": None, "targeted": True,
@@ -140,15 +140,21 @@ def test_a_config_written_before_defenses_were_plug_ins_reads_as_the_same_run(tm
     # a config of that form written before the SV floor/balance/BN prior and SR's image-wide candidate existed
     # lacks them: it is a run without them, not one of today's defaults
     old["sr"]["objective"] = "divergence"
-    for k in ("floor", "balance", "bn_prior"):
+    for k in ("balance", "bn_prior"):
         old["sv"].pop(k)
     old["sr"].pop("blend")
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
     assert not runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
     then = DistillConfig.model_validate(old).resolved()
-    assert then.options_of("sv").floor is None and then.options_of("sv").bn_prior == 0.0
+    assert then.options_of("sv").bn_prior == 0.0
     assert then.options_of("sv").balance == 0.0 and then.options_of("sr").blend is None
     assert runs.same_config(tmp_path / "run", then.to_yaml())
+    # one made before the SV floor (no absolute flag) is refused by name: the floor is now the tail's constant
+    old["sv"].pop("floor")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    assert not runs.same_config(tmp_path / "run", cfg.resolved().to_yaml())
+    with pytest.raises(ValidationError, match="floor=None was removed"):
+        DistillConfig.model_validate(old)
     # SR's additive image-wide candidate (`dense`) was replaced by the blend: a run that used it is another
     # run (re-made, not reused), and a config naming it is refused by name
     made = yaml.safe_load(cfg.resolved().to_yaml())

@@ -10,8 +10,7 @@ from abd.distill.config import DistillConfig
 # from the package. The paper's algorithm's fixed parts (3 shuffled copies, argmax mask, d penalty, mean/std
 # tail statistics; the hypergradient's 5 Neumann steps at step 0.1 on 2 % of the batch, restarted syntheses)
 # are what ``variant: paper`` and ``mode: hypergrad`` select.
-PAPER_SV = {"variant": "paper", "coef": 0.1, "n_layers": 5, "verify_rounds": 50, "floor": None, "balance": 0.0,
-            "bn_prior": 0.0}
+PAPER_SV = {"variant": "paper", "coef": 0.1, "n_layers": 5, "verify_rounds": 50, "balance": 0.0, "bn_prior": 0.0}
 PAPER_SR = {"mode": "hypergrad", "fraction": 0.05, "lr": 5e-4, "inner_rounds": 20, "pert_lr": 0.1, "l2": 1e-3,
             "weight": 1.0, "clip": False, "l1": 0.0, "support": None, "clean_target": False, "blend": None}
 
@@ -42,7 +41,7 @@ def test_paper_sv_variant_builds_the_papers_vaccine(backdoored_teacher_dir) -> N
 def test_our_defaults_differ_from_the_paper_and_explicit_options_win() -> None:
     ours = DistillConfig(teacher="t", method="zskt", defense="abd").resolved().defense_options
     assert ours["sr"]["mode"] == "consistency" and ours["sr"]["support"] == 0.02 and ours["sr"]["clean_target"]
-    assert ours["sv"]["variant"] == "tail" and ours["sv"]["floor"] is not None
+    assert ours["sv"]["variant"] == "tail" and "floor" not in ours["sv"]  # the tail variant's constant
     given = DistillConfig(teacher="t", method="zskt", defense="abd", preset="paper",
                           defense_options={"sr": {"inner_rounds": 10}, "sv": {"coef": 0.3}}).resolved()
     g = given.defense_options
@@ -62,11 +61,24 @@ def test_paper_preset_gives_the_vanilla_methods_as_published() -> None:
     assert cpu["balance"] == 1.0  # ours differs, under its own name
 
 
-def test_the_tail_variants_floor_is_refused_with_the_paper_variant() -> None:
+def test_the_removed_floor_option_reads_as_before_or_is_refused() -> None:
     from pydantic import ValidationError
 
     from abd.defense import SVOptions
 
-    assert SVOptions(variant="paper").floor is None  # the default floor does not apply to the paper's mask
-    with pytest.raises(ValidationError, match="belongs to variant 'tail'"):
-        SVOptions(variant="paper", floor=-3.0)
+    assert SVOptions().floor == -4.0 and SVOptions(variant="paper").floor is None  # no floor in the paper's mask
+    # a record written while `floor` was an option: its value then is the variant's now, or the run is refused
+    assert SVOptions(floor=-4.0) == SVOptions() and SVOptions(variant="paper", floor=None) == SVOptions(variant="paper")
+    for bad in ({"floor": -3.0}, {"floor": None}, {"variant": "paper", "floor": -4.0}):
+        with pytest.raises(ValidationError, match="floor=.* was removed"):
+            SVOptions(**bad)
+
+
+def test_sv_and_sr_hold_at_most_twenty_described_options() -> None:
+    from abd.defense import SROptions, SVOptions
+
+    fields = {**{f"sv.{k}": f for k, f in SVOptions.model_fields.items()},
+              **{f"sr.{k}": f for k, f in SROptions.model_fields.items()}}
+    assert len(fields) <= 20, sorted(fields)
+    for name, f in fields.items():  # each with a one-line description
+        assert f.description and "\n" not in f.description, name

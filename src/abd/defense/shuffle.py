@@ -390,24 +390,32 @@ class SVOptions(Config):
                           "paper: 5, WRN-16-2's last group; a LeNet-5 has one multi-channel conv)")
     verify_rounds: int = Field(0, ge=0, description="collect this many rounds' samples, then switch SV on only if "
                                "they show a low-divergence tail (paper: 50; 0: on from the start)")
-    floor: float | None = Field(-4.0, description="tail: also flag every input whose log10 divergence is below "
-                                "this absolute value (an all-trigger-like batch has no low tail of its own)")
     balance: float = Field(1.0, ge=0, description="weight of a class-balance term (DAFL's information entropy) on "
                            "the teacher's answers over each synthetic batch (0: off)")
     bn_prior: float = Field(1.0, ge=0, description="weight of DeepInversion's distance of each synthetic batch's "
                             "feature statistics to the teacher's BatchNorm running statistics (0: off)")
 
-    @model_validator(mode="after")
-    def _variant_options(self) -> SVOptions:
-        if self.variant == "paper" and self.floor is not None:  # the tail variant's absolute flag
-            if "floor" in self.model_fields_set:
-                raise ValueError("sv option 'floor' belongs to variant 'tail'; with variant 'paper' leave it unset")
-            object.__setattr__(self, "floor", None)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "floor" in data:  # an option until 2026-12-06, now the tail variant's constant
+            data = dict(data)
+            given, fixed = data.pop("floor"), None if data.get("variant") == "paper" else TAIL_FLOOR
+            if given != fixed:
+                raise ValueError(f"sv option floor={given!r} was removed (variant tail fixes it at {TAIL_FLOOR}, "
+                                 "variant paper has none; docs/defenses.md): re-run with the current options")
+        return data
+
+    @property
+    def floor(self) -> float | None:
+        """The absolute flag of the tail variant (:data:`TAIL_FLOOR`); the paper variant has none."""
+        return None if self.variant == "paper" else TAIL_FLOOR
 
 
 TAIL_MARGIN = 2.0  # decades below the batch median (the tail threshold alone flagged ordinary samples and
 # cost the demo student 4-12 points of ACC)
+TAIL_FLOOR = -4.0  # log10 d: the tail variant also flags every input below it, since a batch that is all
+# trigger-like has no low tail of its own (blend, sig, smooth: docs/trigger_table.md)
 
 
 def build_vaccine(teacher: nn.Module, opts: SVOptions, seed: int = 0) -> ShufflingVaccine:
@@ -416,7 +424,7 @@ def build_vaccine(teacher: nn.Module, opts: SVOptions, seed: int = 0) -> Shuffli
     return ShufflingVaccine(
         teacher, n_layers=opts.n_layers, coef=opts.coef, mask="argmax" if paper else "tail", robust=not paper,
         penalty="d" if paper else "log", margin=0.0 if paper else TAIL_MARGIN,
-        floor=None if paper else opts.floor, balance=opts.balance, bn_prior=opts.bn_prior, seed=seed,
+        floor=opts.floor, balance=opts.balance, bn_prior=opts.bn_prior, seed=seed,
     )
 
 
@@ -426,8 +434,7 @@ class ShufflingVaccineDefense(Defense):
 
     Options = SVOptions
     order = 20
-    paper = {"variant": "paper", "coef": 0.1, "n_layers": 5, "verify_rounds": 50, "floor": None, "balance": 0.0,
-             "bn_prior": 0.0}
+    paper = {"variant": "paper", "coef": 0.1, "n_layers": 5, "verify_rounds": 50, "balance": 0.0, "bn_prior": 0.0}
     opts: SVOptions
 
     def attach(self, method: Any) -> None:
