@@ -163,6 +163,7 @@ def test_combined_detector_takes_the_part_further_above_its_threshold() -> None:
     assert r.per_class[6] == pytest.approx(r.score)
 
 
+@pytest.mark.slow
 def test_defense_auto_picks_abd_for_the_backdoored_teacher_and_none_for_the_clean_one(
         backdoored_teacher_dir: Path, clean_teacher_dir: Path, tmp_path: Path, capsys) -> None:
     import yaml

@@ -39,6 +39,7 @@ def test_tpr_at_fpr_and_cross_entropy() -> None:
     assert cross_entropy(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(math.log(2))
 
 
+@pytest.mark.slow
 def test_audit_bench_on_a_small_zoo(backdoored_teacher_dir: Path, tmp_path: Path) -> None:
     from abd.attacks.config import TeacherConfig
     from abd.attacks.teacher import train_teacher

@@ -92,6 +92,7 @@ def test_same_seed_same_numbers_and_sr_phase_diverges_from_vanilla(backdoored_te
     assert sr["sr_start_metrics"]["acc"] == curve_a[4]["acc"]
 
 
+@pytest.mark.slow
 def test_every_demo_arm_runs_and_writes_results(backdoored_teacher_dir, tmp_path) -> None:
     cfg = DemoConfig(rounds=4, eval_every=2, device="cpu", workers=1,
                      defense_options={"sv": {"verify_rounds": 1}, "sr": {"fraction": 0.5, "inner_rounds": 2}})

@@ -9,6 +9,7 @@ import pytest
 from abd.experiment.grid import GridConfig, run_grid
 
 
+@pytest.mark.slow
 def test_grid_runs_every_cell_and_branches_sr_runs(tmp_path) -> None:
     cfg = GridConfig(seeds=1, methods=["zskt", "dafl"], defenses=["none", "abd"], rounds={"zskt": 4, "dafl": 4},
                      eval_every=2, device="cpu", defense_options={"sv": {"verify_rounds": 1},

@@ -27,6 +27,7 @@ def _jobs(teacher: Path, out: Path) -> list[Job]:
     return [Job(cfg(d), out / d) for d in ("none", "sv")]
 
 
+@pytest.mark.slow
 def test_ray_runs_equal_the_process_pool(backdoored_teacher_dir: Path, tmp_path: Path) -> None:
     local = run_jobs(_jobs(backdoored_teacher_dir, tmp_path / "local"), workers=1, progress=False)
     remote = run_jobs(_jobs(backdoored_teacher_dir, tmp_path / "ray"), workers=2, progress=False, engine="ray")
@@ -50,6 +51,7 @@ def dying_run(cwd: str, job: Job, marker: str) -> dict:
     return run_or_reuse(job.cfg, job.run_dir)
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_is_retried_and_its_run_resumes(backdoored_teacher_dir: Path, tmp_path: Path) -> None:
     cfg = DistillConfig(teacher=str(backdoored_teacher_dir), method="zskt", device="cpu", eval_every=2,
                         checkpoint_every=100, method_options={"rounds": 4, "batch_size": 16, "kd_steps": 2,

@@ -31,6 +31,7 @@ def _key(r: dict[str, Any]) -> tuple:
     return r["trigger"], r["method"], r["defense"], r["preset"]
 
 
+@pytest.mark.slow
 def test_table_runs_end_to_end(table: tuple[Path, dict[str, Any]]) -> None:
     out, res = table
     doc = json.loads((out / "table.json").read_text())
