@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from abd.metrics import collapse_level  # noqa: E402
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and (population) standard deviation."""
@@ -148,18 +150,22 @@ def protocol(seeds: list[int], development_seeds: tuple[int, ...] | list[int] = 
             "text": f"protocol: defaults chosen on development seeds {dev}; {what} runs seeds {list(seeds)} ({kind})"}
 
 
+def collapse_line(level: str, who: str, cls: Any, share: float) -> str:
+    """``"<collapsed|partial collapse>: <who> answers class <cls> on <share> % of the clean test set"`` for a
+    :func:`abd.metrics.collapse_level` `level` (the demo's, grid's and table's warnings)."""
+    word = "collapsed" if level == "collapsed" else "partial collapse"
+    return f"{word}: {who} answers class {cls} on {100 * share:.0f} % of the clean test set"
+
+
 def collapse_lines(runs: dict[str, list[dict]], seeds: list[int]) -> list[str]:
     """One line per collapsed or partially collapsed run (:func:`abd.metrics.collapse_level` of its
     ``pred_max_share``; ``collapsed`` alone for a record without it): ``runs`` maps a row name to its per-seed
     metrics, in the order of `seeds`."""
-    from abd.metrics import collapse_level
-
     out = []
     for name, per_seed in runs.items():
         for seed, m in zip(seeds, per_seed):
             level = collapse_level(m.get("pred_max_share")) or ("collapsed" if m.get("collapsed") else None)
             if level:
-                word = "collapsed" if level == "collapsed" else "partial collapse"
-                out.append(f"- {word}: [seed {seed}] {name} answers class {m.get('pred_max_class')} on "
-                           f"{100 * m.get('pred_max_share', 1.0):.0f} % of the clean test set")
+                out.append("- " + collapse_line(level, f"[seed {seed}] {name}", m.get("pred_max_class"),
+                                                m.get("pred_max_share", 1.0)))
     return out

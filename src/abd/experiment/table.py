@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from abd.attacks.config import TeacherConfig
 from abd.distill.config import StudyConfig
-from abd.experiment.report import mean_std
+from abd.experiment.report import collapse_line, mean_std
 from abd.metrics import collapse_level
 from abd.utils import write_json
 
@@ -251,9 +251,8 @@ def collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
         for seed, c, p, share, cls in zip(r["seeds"], r["collapsed_per_seed"], r["partial_collapse_per_seed"],
                                           r["pred_max_share_per_seed"], r["pred_max_class_per_seed"]):
             if c or p:
-                lines.append(f"{'collapsed' if c else 'partial collapse'}: seed {seed} trigger {r['trigger']} "
-                             f"{_row_name(r['method'], r['defense'], r['preset'])} answers class {cls} on "
-                             f"{100 * share:.0f} % of the clean test set")
+                who = f"seed {seed} trigger {r['trigger']} {_row_name(r['method'], r['defense'], r['preset'])}"
+                lines.append(collapse_line("collapsed" if c else "partial", who, cls, share))
     return lines
 
 
@@ -352,7 +351,7 @@ def _pct(v: float | None, sd: float | None, n: int) -> str:
 def _collapsed_mark(row: dict[str, Any]) -> str:
     n = len(row["seeds"])
     k = sum(bool(c) for c in row["collapsed_per_seed"])
-    p = sum(bool(c) for c in row.get("partial_collapse_per_seed", []))
+    p = sum(bool(c) for c in row["partial_collapse_per_seed"])
     marks = [f"collapsed {k}/{n}"] * bool(k) + [f"partial {p}/{n}"] * bool(p)
     return f" ({', '.join(marks)})" if marks else ""
 
@@ -453,7 +452,7 @@ def markdown(results: dict[str, Any]) -> str:
             i = per[s]
             vals = [r["acc_per_seed"][i], r["asr_per_seed"][i], r["target_acc_per_seed"][i]]
             txt = " / ".join("-" if v is None else f"{100 * v:.1f}" for v in vals)
-            part = r.get("partial_collapse_per_seed", [False] * len(r["seeds"]))[i]
+            part = r["partial_collapse_per_seed"][i]
             cells.append(txt + (" C" if r["collapsed_per_seed"][i] else " P" if part else ""))
         lines.append(f"| {r['trigger']} | {_row_name(r['method'], r['defense'], r['preset'])} | "
                      + " | ".join(cells) + " |")
@@ -507,7 +506,7 @@ def plot_table(rows: list[dict[str, Any]], methods: list[str], path: str | Path)
                 if r is None or r[key] is None:
                     continue
                 hatch = "xx" if any(r["collapsed_per_seed"]) else \
-                    ".." if any(r.get("partial_collapse_per_seed", [])) else None
+                    ".." if any(r["partial_collapse_per_seed"]) else None
                 ax.bar(x[i] - 0.425 + (j + 0.5) * width, 100 * r[key], width, yerr=100 * (r[f"{key}_std"] or 0),
                        color=c, alpha=0.45 if d == "none" else 1.0, hatch=hatch, edgecolor="k" if hatch else c,
                        linewidth=0.4, error_kw={"elinewidth": 0.6, "capsize": 1.5})
