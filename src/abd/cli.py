@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -222,10 +223,20 @@ def _auto_defense(args: argparse.Namespace) -> dict:
     return {"defense": choice, "audit": result.to_json()}
 
 
+def print_plan(p: dict[str, Any]) -> int:
+    """Print a study's plan (``--dry-run``); nothing was run or written."""
+    from abd.experiment.runs import plan_lines
+
+    print("\n".join(plan_lines(p)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from abd.experiment.demo import DemoConfig, run_demo
+    from abd.experiment.demo import DemoConfig, plan_demo, run_demo
 
     cfg = config_from_args(DemoConfig, args)
+    if args.dry_run:
+        return print_plan(plan_demo(cfg, args.out))
     results = run_demo(cfg, args.out)
     print((Path(args.out) / "results.md").read_text())
     print(f"results -> {args.out}/results.json, results.md, curves.png, samples.png, sr_trigger.png "
@@ -235,18 +246,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from abd.experiment.bench import run_bench
-    from abd.experiment.demo import DemoConfig
+    from abd.experiment.demo import DemoConfig, plan_demo
 
     cfg = config_from_args(DemoConfig, args)
+    if args.dry_run:
+        return print_plan(plan_demo(cfg, args.out))
     report = run_bench(cfg, args.out, args.targets)
     print((Path(args.out) / "bench.md").read_text())
     return 0 if report["passed"] == report["total"] or not args.strict else 1
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from abd.experiment.grid import GridConfig, run_grid
+    from abd.experiment.grid import GridConfig, plan_grid, run_grid
 
     cfg = config_from_args(GridConfig, args)
+    if args.dry_run:
+        return print_plan(plan_grid(cfg, args.out))
     results = run_grid(cfg, args.out)
     print((Path(args.out) / "grid.md").read_text())
     print(f"results -> {args.out}/grid.json, grid.md, grid.png ({results['wall_seconds']:.0f} s)")
@@ -254,13 +269,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from abd.experiment.table import TableConfig, run_table
+    from abd.experiment.table import TableConfig, plan_table, run_table
 
     cfg = config_from_args(TableConfig, args)
     extra = {k: {**getattr(cfg, k), **_parse_options(v)} for k, v in (("rounds", args.rounds_kv),
                                                                       ("method_seeds", args.method_seeds_kv)) if v}
     if extra:
         cfg = TableConfig(**{**cfg.model_dump(exclude_unset=True), **extra})
+    if args.dry_run:
+        return print_plan(plan_table(cfg, args.out))  # type: ignore[arg-type]
     results = run_table(cfg, args.out)  # type: ignore[arg-type]
     print((Path(args.out) / "table.md").read_text())
     print(f"results -> {args.out}/table.json, table.md, table.png ({results['wall_seconds']:.0f} s)")
@@ -451,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="the paper's core result on embedded data (the README's main job)")
     add_config_flags(de, DemoConfig)
     de.add_argument("--out", type=Path, required=True, help="output directory")
+    de.add_argument("--dry-run", action="store_true", help="print which teachers and runs would be reused, "
+                    "resumed or made (and which folders hold another run), and stop")
     de.set_defaults(func=cmd_demo)
 
     be = sub.add_parser("bench", help="run the demo and check it against the expected targets")
@@ -458,11 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", type=Path, required=True, help="output directory")
     be.add_argument("--targets", type=Path, default=None, help="YAML of checks (default: the packaged one)")
     be.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    be.add_argument("--dry-run", action="store_true", help="print which teachers and runs would be reused, "
+                    "resumed or made (and which folders hold another run), and stop")
     be.set_defaults(func=cmd_bench)
 
     gr = sub.add_parser("grid", help="every KD method x defense on one poisoned teacher, over seeds")
     add_config_flags(gr, GridConfig)
     gr.add_argument("--out", type=Path, required=True, help="output directory")
+    gr.add_argument("--dry-run", action="store_true", help="print which teachers and runs would be reused, "
+                    "resumed or made (and which folders hold another run), and stop")
     gr.set_defaults(func=cmd_grid)
 
     ta = sub.add_parser("table", help="the paper's Table 1 in our setting: every trigger x (teacher, clean KD, "
@@ -473,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rounds of a method's CPU rows ('clean' for clean KD; repeatable)")
     ta.add_argument("--method-seeds", dest="method_seeds_kv", action="append", metavar="METHOD=N",
                     help="the method runs on the first N seeds only (repeatable)")
+    ta.add_argument("--dry-run", action="store_true", help="print which teachers and runs would be reused, "
+                    "resumed or made (and which folders hold another run), and stop")
     ta.set_defaults(func=cmd_table)
 
     me = sub.add_parser("methods", help="list KD methods")

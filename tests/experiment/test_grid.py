@@ -195,3 +195,40 @@ def test_best_defense_is_the_lowest_asr_within_three_points_of_vanilla_acc() -> 
     assert w["zskt"]["defense"] == "abd" and w["cmi"]["defense"] == "dhbe" and w["dfad"] is None
     lines = winner_lines(w)
     assert "**abd**" in lines[0] and "vanilla collapsed (10.0 % ACC)" in lines[1] and "no defense" in lines[2]
+
+
+def test_plan_says_what_a_study_would_reuse_resume_make_or_refuse(backdoored_teacher_dir, tmp_path) -> None:
+    from abd.attacks.config import TeacherConfig
+    from abd.distill.config import DistillConfig
+    from abd.experiment.runs import Job, plan, plan_lines, run_or_reuse
+
+    cfg = DistillConfig(teacher=str(backdoored_teacher_dir), method="zskt", device="cpu", eval_every=2,
+                        method_options={"rounds": 2, "batch_size": 8, "kd_steps": 1})
+    done, other = tmp_path / "done", tmp_path / "other"
+    run_or_reuse(cfg, done, progress=False)
+    run_or_reuse(cfg, other, progress=False)
+    (tmp_path / "resumable").mkdir()
+    (tmp_path / "resumable" / "checkpoint.pt").write_bytes(b"")
+    longer = cfg.model_copy(update={"method_options": {**cfg.method_options, "rounds": 3}})
+    jobs = [Job(cfg, done), Job(longer, other), Job(cfg, tmp_path / "resumable"), Job(cfg, tmp_path / "new")]
+    teachers = [(TeacherConfig(), tmp_path / "no_teacher")]
+    p = plan(teachers, jobs)
+    assert p["teachers"] == {"reuse": 0, "train": 1}
+    assert p["runs"] == {"reuse": 1, "resume": 1, "make": 1, "blocked": 1}
+    states = {it["run"]: (it["state"], it["differs"]) for it in p["items"]}
+    assert states[str(other)] == ("blocked", ["method_options.rounds"])
+    assert states[str(tmp_path / "new")] == ("make", []) and str(done) not in states
+    lines = plan_lines(p)
+    assert lines[0] == "teachers: 0 reused, 1 to train; runs: 1 reused, 1 resumed, 1 to make, 1 blocked"
+    assert any("differs in method_options.rounds" in line for line in lines)
+    assert not (tmp_path / "new").exists()  # a plan writes nothing
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys) -> None:
+    from abd.cli import main
+
+    out = tmp_path / "grid"
+    assert main(["grid", "--seeds", "2", "--methods", "zskt,dafl", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("teachers: 0 reused, 2 to train; runs: 0 reused, 0 resumed, 8 to make, 0 blocked")
+    assert f"make    {out}/seed1/dafl+abd" in text and not out.exists()

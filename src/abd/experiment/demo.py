@@ -46,21 +46,35 @@ class DemoConfig(StudyConfig):
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every seed and arm; write results.json, results.md and figures into `out_dir`."""
-    from abd.experiment.runs import Arm, run_study
+def demo_arms(cfg: DemoConfig) -> list[Any]:
+    """The demo's arms, each `cfg.rounds` long."""
+    from abd.experiment.runs import Arm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.yaml").write_text(cfg.to_yaml())
     unknown = [a for a in cfg.arms if a not in ARMS]
     if unknown:
         raise ValueError(f"unknown demo arm(s) {unknown}; known: {list(ARMS)}")
+    return [Arm(a, *ARMS[a], {"rounds": cfg.rounds}) for a in cfg.arms]
+
+
+def plan_demo(cfg: DemoConfig, out_dir: str | Path) -> dict[str, Any]:
+    """What :func:`run_demo` would train, reuse, resume or make in `out_dir` (nothing is written)."""
+    from abd.experiment.runs import plan, study_jobs
+
+    return plan(*study_jobs(cfg, Path(out_dir), list(range(cfg.seeds)), demo_arms(cfg)))
+
+
+def run_demo(cfg: DemoConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every seed and arm; write results.json, results.md and figures into `out_dir`."""
+    from abd.experiment.runs import run_study
+
+    arms = demo_arms(cfg)  # checks the arm names before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.yaml").write_text(cfg.to_yaml())
     t_start = time.perf_counter()
     proto = protocol(list(range(cfg.seeds)), what="the demo")
     if progress:
         tqdm.write(proto["text"])
-    arms = [Arm(a, *ARMS[a], {"rounds": cfg.rounds}) for a in cfg.arms]
     teachers, per_arm = run_study(cfg, out, list(range(cfg.seeds)), arms, progress)
     rows = {"teacher": aggregate(teachers, KEYS)}
     rows.update({a: aggregate(runs, KEYS) for a, runs in per_arm.items()})

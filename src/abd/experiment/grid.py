@@ -51,9 +51,29 @@ class GridConfig(StudyConfig):
         return v
 
 
+def grid_arms(cfg: GridConfig) -> list[Any]:
+    """Every method with every defense, each run a late-starting defense branches from included."""
+    from abd.experiment.runs import Arm, with_parents
+
+    arms = []
+    for method in cfg.methods:
+        opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
+        parents = {d: cfg.distill_config("teacher", method, d, 0, opts).branch_parent for d in cfg.defenses}
+        arms += [Arm(f"{method}+{d}", method, d, opts) for d in with_parents(cfg.defenses, parents.get)]
+    return arms
+
+
+def plan_grid(cfg: GridConfig, out_dir: str | Path) -> dict[str, Any]:
+    """What :func:`run_grid` would train, reuse, resume or make in `out_dir` (nothing is written)."""
+    from abd.experiment.runs import plan, study_jobs
+
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+    return plan(*study_jobs(cfg, Path(out_dir), seeds, grid_arms(cfg)))
+
+
 def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or reuse) every seed x method x defense; write grid.json, grid.md and grid.png."""
-    from abd.experiment.runs import Arm, run_study, with_parents
+    from abd.experiment.runs import run_study
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,12 +83,7 @@ def run_grid(cfg: GridConfig, out_dir: str | Path, progress: bool = True) -> dic
     proto = protocol(seeds, what="the grid")
     if progress:
         print(proto["text"], flush=True)
-    arms = []
-    for method in cfg.methods:
-        opts = {"rounds": cfg.rounds[method]} if method in cfg.rounds else {}
-        parents = {d: cfg.distill_config("teacher", method, d, 0, opts).branch_parent for d in cfg.defenses}
-        arms += [Arm(f"{method}+{d}", method, d, opts) for d in with_parents(cfg.defenses, parents.get)]
-    teachers, runs = run_study(cfg, out, seeds, arms, progress)
+    teachers, runs = run_study(cfg, out, seeds, grid_arms(cfg), progress)
     rows = {"teacher": aggregate(teachers, GRID_KEYS)}
     rows.update({k: aggregate(v, GRID_KEYS) for k, v in runs.items()})
     results = {"config": cfg.model_dump(mode="json"), "rows": rows, "protocol": proto,

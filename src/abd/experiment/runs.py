@@ -182,18 +182,15 @@ class Arm:
     opts: dict[str, Any] = field(default_factory=dict)
 
 
-def run_study(cfg: StudyConfig, out: Path, seeds: list[int], arms: list[Arm],
-              progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """The runner the demo and the grid share: every seed's teacher (trained or reused) in
-    ``out/seed<N>/teacher`` and every arm's run (made or reused) in ``out/seed<N>/<arm>``, `cfg.workers` at a
-    time. A run whose defense starts late branches from the arm of the same method whose defense it names,
-    which must be among `arms`. Returns the teachers' metrics and each arm's metrics, one per seed."""
+def study_jobs(cfg: StudyConfig, out: Path, seeds: list[int],
+               arms: list[Arm]) -> tuple[list[tuple[TeacherConfig, Path]], list[Job]]:
+    """The teachers (config, folder ``out/seed<N>/teacher``) and the runs (folder ``out/seed<N>/<arm>``) of a
+    study. A run whose defense starts late branches from the arm of the same method whose defense it names,
+    which must be among `arms`."""
     teachers, jobs = [], []
     for seed in seeds:
         tdir = out / f"seed{seed}" / "teacher"
-        if progress:
-            tqdm.write(f"[seed {seed}] {cfg.trigger} teacher")
-        teachers.append(ensure_teacher(cfg.teacher_config(seed), tdir))
+        teachers.append((cfg.teacher_config(seed), tdir))
         for arm in arms:
             dcfg = cfg.distill_config(str(tdir), arm.method, arm.defense, seed, arm.opts)
             parent = None
@@ -203,10 +200,70 @@ def run_study(cfg: StudyConfig, out: Path, seeds: list[int], arms: list[Arm],
                     raise ValueError(f"arm {arm.name} branches from {arm.method}+{bp}, which is not in the study")
                 parent = out / f"seed{seed}" / src.name
             jobs.append(Job(dcfg, out / f"seed{seed}" / arm.name, parent, f"[seed {seed}] {arm.name}"))
+    return teachers, jobs
+
+
+def run_study(cfg: StudyConfig, out: Path, seeds: list[int], arms: list[Arm],
+              progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The runner the demo and the grid share: every seed's teacher trained or reused, then every arm's run
+    made or reused (:func:`study_jobs`), `cfg.workers` at a time. Returns the teachers' metrics and each
+    arm's metrics, one per seed."""
+    teacher_items, jobs = study_jobs(cfg, out, seeds, arms)
+    teachers = []
+    for seed, (tcfg, tdir) in zip(seeds, teacher_items):
+        if progress:
+            tqdm.write(f"[seed {seed}] {cfg.trigger} teacher")
+        teachers.append(ensure_teacher(tcfg, tdir))
     per_arm: dict[str, list[dict[str, Any]]] = {a.name: [] for a in arms}
     for job, m in zip(jobs, run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)):
         per_arm[job.run_dir.name].append(m)
     return teachers, per_arm
+
+
+def run_status(job: Job) -> tuple[str, list[str]]:
+    """What running `job` would do, without doing it: ``reuse`` (its folder holds this finished run),
+    ``resume`` (a checkpoint of this run), ``make`` (nothing of it there yet) or ``blocked`` (the folder
+    holds another run, which is never overwritten), with the config fields that differ when blocked."""
+    run_dir, cfg_yaml = Path(job.run_dir), job.cfg.resolved().to_yaml()
+    if finished(run_dir, cfg_yaml) is not None:
+        return "reuse", []
+    written = run_dir / "config.yaml"
+    held = (run_dir / "metrics.json").is_file() or (run_dir / "checkpoint.pt").is_file()
+    if held and written.is_file() and not same_config(run_dir, cfg_yaml):
+        return "blocked", config_diff(_effective(yaml.safe_load(written.read_text())),
+                                      _effective(yaml.safe_load(cfg_yaml))) or ["its options"]
+    return ("resume" if (run_dir / "checkpoint.pt").is_file() else "make"), []
+
+
+PLAN_STATES = {"reuse": "reused", "resume": "resumed", "make": "to make", "blocked": "blocked"}
+
+
+def plan(teachers: list[tuple[TeacherConfig, Path]], jobs: list[Job]) -> dict[str, Any]:
+    """A study's plan (``--dry-run``): how many teachers are reused or to train, how many runs are reused,
+    resumed, to make or blocked by another run in their folder, and every run that is not simply reused."""
+    trained = [str(d) for c, d in teachers if finished(d, c.resolved().to_yaml()) is None]
+    runs: dict[str, int] = dict.fromkeys(PLAN_STATES, 0)
+    items = []
+    for job in jobs:
+        state, diff = run_status(job)
+        runs[state] += 1
+        if state != "reuse":
+            items.append({"run": str(job.run_dir), "state": state, "differs": diff})
+    return {"teachers": {"reuse": len(teachers) - len(trained), "train": len(trained)}, "to_train": trained,
+            "runs": runs, "items": items}
+
+
+def plan_lines(p: dict[str, Any]) -> list[str]:
+    """A plan as text: one summary line, then one line per teacher to train and per run not reused."""
+    t, r = p["teachers"], p["runs"]
+    lines = [f"teachers: {t['reuse']} reused, {t['train']} to train; runs: "
+             + ", ".join(f"{r[k]} {label}" for k, label in PLAN_STATES.items())]
+    lines += [f"  train   {d}" for d in p["to_train"]]
+    for it in p["items"]:
+        why = f" (holds another run: differs in {', '.join(it['differs'])}; delete it to re-make)" \
+            if it["state"] == "blocked" else ""
+        lines.append(f"  {it['state']:7s} {it['run']}{why}")
+    return lines
 
 
 def with_parents(defenses: list[str], parent_of: Any) -> list[str]:

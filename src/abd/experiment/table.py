@@ -256,26 +256,17 @@ def collapse_warnings(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or reuse) every seed x trigger x run of the table; write table.json, table.md and table.png."""
+def table_jobs(cfg: TableConfig, out: Path) -> tuple[list[tuple[TeacherConfig, Path]], list[Any],
+                                                     list[tuple[str, str, str, str, int]]]:
+    """The table's teachers (config, folder), its runs and each run's (trigger, method, defense, preset,
+    seed), in the order they run."""
     from abd.experiment.demo import ARMS
-    from abd.experiment.runs import Job, run_jobs
+    from abd.experiment.runs import Job
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table_config.yaml").write_text(yaml.safe_dump(config_record(cfg), sort_keys=False))
-    if progress:
-        print(protocol_line(cfg), flush=True)
-    t_start = time.perf_counter()
     seeds, groups = cfg.seed_list, cfg.teacher_triggers
     paper_triggers = [t for t in cfg.triggers if t in cfg.paper_triggers]
     defenses = list(ROW_DEFENSES)
-
     tdirs = {(s, t): out / f"seed{s}" / t / "teacher" for s in seeds for t in groups}
-    keys = list(tdirs)
-    teacher_metrics = dict(zip(keys, ensure_teachers([(cfg.teacher_for(s, t), tdirs[s, t]) for s, t in keys],
-                                                     cfg.workers, progress)))
-
     jobs: list[Job] = []
     tags: list[tuple[str, str, str, str, int]] = []  # (trigger, method, defense, preset, seed)
 
@@ -306,6 +297,32 @@ def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> d
         for trigger in paper_triggers:
             for defense in defenses:  # the paper preset's rounds (80000) are not the CPU rows'
                 add(seed, trigger, PAPER_METHOD, defense, "paper", {"rounds": cfg.method_rounds(PAPER_METHOD)})
+
+    return [(cfg.teacher_for(s, t), d) for (s, t), d in tdirs.items()], jobs, tags
+
+
+def plan_table(cfg: TableConfig, out_dir: str | Path) -> dict[str, Any]:
+    """What :func:`run_table` would train, reuse, resume or make in `out_dir` (nothing is written)."""
+    from abd.experiment.runs import plan
+
+    teachers, jobs, _ = table_jobs(cfg, Path(out_dir))
+    return plan(teachers, jobs)
+
+
+def run_table(cfg: TableConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or reuse) every seed x trigger x run of the table; write table.json, table.md and table.png."""
+    from abd.experiment.runs import run_jobs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table_config.yaml").write_text(yaml.safe_dump(config_record(cfg), sort_keys=False))
+    if progress:
+        print(protocol_line(cfg), flush=True)
+    t_start = time.perf_counter()
+    seeds, groups = cfg.seed_list, cfg.teacher_triggers
+    teacher_items, jobs, tags = table_jobs(cfg, out)
+    keys = [(s, t) for s in seeds for t in groups]
+    teacher_metrics = dict(zip(keys, ensure_teachers(teacher_items, cfg.workers, progress)))
 
     metrics = run_jobs(jobs, cfg.workers, progress, cfg.engine, cfg.address)
     per_row: dict[tuple[str, str, str, str | None], dict[int, dict[str, Any]]] = {}
