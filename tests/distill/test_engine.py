@@ -203,3 +203,37 @@ def test_a_collapse_is_written_to_the_log_and_the_metrics(backdoored_teacher_dir
     assert (m["collapsed"], m["partial_collapse"]) == (event == "collapsed", event == "partial_collapse")
     events = [r["event"] for r in map(json.loads, (out / "curve.jsonl").read_text().splitlines()) if "event" in r]
     assert events == ([event] if event else [])
+
+
+def test_a_repeated_kd_batch_asks_the_frozen_teacher_once_and_changes_nothing(backdoored_teacher_dir, tmp_path,
+                                                                               monkeypatch) -> None:
+    """ZSKT repeats its batch for kd_steps: the teacher's logits and SR's clean targets on it are computed
+    once; the run is bit-for-bit the run that recomputes them at every step."""
+    from abd.defense.retrospect import SelfRetrospection
+    from abd.distill.engine import Distiller
+
+    cfg = _cfg(backdoored_teacher_dir, "abd", fraction=1.0)
+
+    def run(out):
+        calls = []
+        d = build_distiller(cfg, out, progress=False)
+        d.ctx.teacher.register_forward_hook(lambda *a: calls.append(1))
+        return d.run(), len(calls)
+
+    cached, n_cached = run(tmp_path / "cached")
+    real_step, real_clean = Distiller._student_step, SelfRetrospection.clean_targets
+
+    def step(self, x):
+        self._teacher_on = None
+        return real_step(self, x)
+
+    def clean(self, x, t):
+        self._clean_on = None
+        return real_clean(self, x, t)
+
+    monkeypatch.setattr(Distiller, "_student_step", step)
+    monkeypatch.setattr(SelfRetrospection, "clean_targets", clean)
+    uncached, n_uncached = run(tmp_path / "uncached")
+    _assert_same_run(tmp_path / "cached", tmp_path / "uncached", cached, uncached)
+    rounds, kd_steps = 6, 2  # one teacher forward saved per repeated step, three more with SR's clean target
+    assert n_uncached - n_cached >= rounds * (kd_steps - 1)

@@ -221,6 +221,7 @@ class SelfRetrospection:
         self.blend_count = [0, 0]  # syntheses of the pattern with the gate open, all syntheses
         self.clean_stats: dict[str, float] = {}  # of the last clean_targets call and blend gate (logged)
         self._last_x: torch.Tensor | None = None
+        self._clean_on: tuple[torch.Tensor, ...] | None = None  # (x, t_logits, delta, result) of the last call
 
     def perturb(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """``x + delta``, kept inside the valid image range when ``clip`` is on."""
@@ -317,6 +318,10 @@ class SelfRetrospection:
         """
         if self.last_delta is None or self.support is None:
             return t_logits
+        key = (x, t_logits, self.last_delta)
+        if not torch.is_grad_enabled() and self._clean_on is not None and \
+                all(a is b for a, b in zip(key, self._clean_on)):  # a repeated KD batch (ZSKT's kd_steps)
+            return self._clean_on[3]
         delta = self.last_delta.to(x.device)
         region = torch.nn.functional.max_pool2d(self.support_mask(delta), 2 * CLEAN_DILATE + 1, stride=1,
                                                 padding=CLEAN_DILATE)
@@ -327,7 +332,10 @@ class SelfRetrospection:
         use = (t_logits.argmax(1) == suspect) & (occluded.argmax(1) != suspect)
         self.clean_stats.update({"sr_replaced": float(use.float().mean()), "sr_region": float(region.mean()),
                                  "sr_suspect_share": float((t_logits.argmax(1) == suspect).float().mean())})
-        return torch.where(use[:, None], occluded, t_logits)
+        out = torch.where(use[:, None], occluded, t_logits)
+        if not torch.is_grad_enabled():
+            self._clean_on = (*key, out)
+        return out
 
     def unlearning_grads(self, x: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor]:
         """Hypergradient of the outer unlearning loss w.r.t. the student's trainable parameters."""
