@@ -106,3 +106,12 @@ def test_readme_and_docs_link_only_to_files_that_exist() -> None:
                 missing.append(f"{page.relative_to(root)} -> {target}")
     assert not missing, missing
     assert not re.search(r"(?i)\bissue\s+#?\d+", (root / "README.md").read_text())
+
+
+def test_readme_is_short_and_names_no_issue() -> None:
+    """The README stays a five-minute read: at most 200 lines, no tracker references."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert not re.search(r"(?i)\bissue\s*#?\d+|#\d{1,3}\b|SPEC\.md", text)
