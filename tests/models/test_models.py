@@ -1,4 +1,4 @@
-"""Every registered classifier: CPU forward/backward on tiny inputs, naming and sizes that SPEC relies on."""
+"""Every registered classifier: CPU forward/backward on tiny inputs, naming and sizes (the paper's architectures)."""
 
 from __future__ import annotations
 
