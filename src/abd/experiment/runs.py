@@ -134,17 +134,15 @@ def run_or_reuse(cfg: DistillConfig, run_dir: str | Path, parent: str | Path | N
     (an SR run branches from `parent`, the same run without SR, when that saved its branch state)."""
     from abd.distill.engine import BRANCH_FILE, BranchError
 
-    run_dir, cfg_yaml = Path(run_dir), cfg.resolved().to_yaml()
-    m = finished(run_dir, cfg_yaml)
+    run_dir = Path(run_dir)
+    m = finished(run_dir, cfg.resolved().to_yaml())
     if m is not None:
         return m
-    written = run_dir / "config.yaml"
-    held = (run_dir / "metrics.json").is_file() or (run_dir / "checkpoint.pt").is_file()
-    if held and written.is_file() and not same_config(run_dir, cfg_yaml):  # never overwrite another run
-        diff = config_diff(_effective(yaml.safe_load(written.read_text())), _effective(yaml.safe_load(cfg_yaml)))
-        raise ResumeError(f"{run_dir} holds another run (it differs in {', '.join(diff) or 'its options'}); it "
+    state, diff = run_status(Job(cfg, run_dir))
+    if state == "blocked":  # never overwrite another run
+        raise ResumeError(f"{run_dir} holds another run (it differs in {', '.join(diff)}); it "
                           "is kept: choose another --out, or delete that folder to make the run again")
-    resume = (run_dir / "checkpoint.pt").is_file() and same_config(run_dir, cfg_yaml)
+    resume = state == "resume"
     branch = parent if parent is not None and (Path(parent) / BRANCH_FILE).is_file() else None
     with torch_threads(cfg.threads):
         distiller = build_distiller(cfg, run_dir, progress)
