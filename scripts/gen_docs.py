@@ -41,6 +41,8 @@ OUTPUTS: dict[str, str] = {
     "audit-bench": "`audit_bench.json`, `audit_bench.md`, `roc.png` and the journal `audit_rows.jsonl` (in "
                    "`--out`, default `ZOO/audit_bench`)",
     "profile": "`OUT/profile.json` and `OUT/profile.md` (ms per round by part, ratios to the first defense)",
+    "recheck": "prints whether this code reproduces the run's recorded curve (exit status 1 if not); writes "
+               "nothing in the run's folder",
     "defenses": "prints the registered defenses, their options and the named compositions",
     "clp-sweep": "prints a Markdown table (u, channels pruned, ACC, ASR, target-class ACC); writes nothing",
     "models": "prints the registered models",

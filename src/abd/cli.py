@@ -284,6 +284,22 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recheck(args: argparse.Namespace) -> int:
+    from abd.experiment.runs import recheck_run
+
+    r = recheck_run(args.run, args.rounds)
+    if r["reproduced"]:
+        print(f"reproduced: the first {r['rounds']} rounds of {args.run} ({r['compared']} evaluations) are the "
+              "same number for number")
+        return 0
+    first = r["differences"][0]
+    print(f"NOT reproduced: {args.run} differs from this code's run by round {first['round']} "
+          f"({first['field']}: recorded {first['recorded']}, now {first['now']}; {len(r['differences'])} "
+          "differences): it was made by other code or on another CPU (float kernels differ between "
+          "processors), and is reused by its configuration only")
+    return 1
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from abd.distill import METHODS
 
@@ -551,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--threads", type=int, default=1)
     pr.set_defaults(func=cmd_profile)
+    rc = sub.add_parser("recheck", help="re-make a finished run's first rounds from its config.yaml and say whether "
+                        "this code reproduces its recorded curve exactly")
+    rc.add_argument("run", type=Path, help="run directory (config.yaml, curve.jsonl)")
+    rc.add_argument("--rounds", type=int, default=50, help="how many rounds to re-make (its evaluations are compared)")
+    rc.set_defaults(func=cmd_recheck)
     dl = sub.add_parser("defenses", help="list defenses, their options and the named compositions")
     dl.set_defaults(func=cmd_defenses)
     cs = sub.add_parser("clp-sweep", help="CLP (data-free channel pruning) at several thresholds u on a saved "

@@ -59,6 +59,39 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False, p
         return build_distiller(cfg, out_dir, progress).run(resume=resume, branch_from=branch_from)
 
 
+def recheck_run(run_dir: str | Path, rounds: int = 50) -> dict[str, Any]:
+    """Re-make the first `rounds` rounds of the finished run in `run_dir` from its ``config.yaml`` with this
+    version of the code (in a temporary folder) and compare its curve with the recorded one, number for
+    number. A run this code does not reproduce on this machine was made by other code or on another CPU (the
+    float kernels differ between processors, and a run's trajectory with them): its reuse is by
+    configuration only.
+
+    Returns ``{"reproduced", "rounds", "compared", "differences": [{"round", "field", "recorded", "now"}]}``
+    (``compared``: the evaluated rounds compared; timings are not compared)."""
+    import tempfile
+
+    from abd.utils import read_jsonl
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "curve.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no finished run (config.yaml and curve.jsonl)")
+    cfg = DistillConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    recorded = {r["round"]: r for r in read_jsonl(run_dir / "curve.jsonl") if "acc" in r and 0 < r["round"] <= rounds}
+    if not recorded:
+        raise ValueError(f"{run_dir}: no evaluation within the first {rounds} rounds to compare "
+                         f"(it evaluated every {cfg.eval_every}); pass more rounds")
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(cfg.threads):
+        build_distiller(cfg, tmp, progress=False).run(stop_after=max(recorded))
+        now = {r["round"]: r for r in read_jsonl(Path(tmp) / "curve.jsonl") if "acc" in r}
+    diffs = []
+    for rnd, old in sorted(recorded.items()):
+        new = now.get(rnd, {})
+        for k, v in old.items():
+            if k != "seconds" and isinstance(v, (int, float)) and new.get(k) != v:
+                diffs.append({"round": rnd, "field": k, "recorded": v, "now": new.get(k)})
+    return {"reproduced": not diffs, "rounds": max(recorded), "compared": len(recorded), "differences": diffs}
+
+
 WHERE = ("device", "threads")  # where a run ran, not what it is: a run made on a GPU is reused on a CPU
 
 
