@@ -15,8 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# results/grid_defenses/{blend,trojan_wm} still hold six ABD runs of earlier defaults each (docs/results.md)
-DEFENSE_TRIGGERS = ["badnet_grid"]
+DEFENSE_TRIGGERS = ["badnet_grid", "blend", "trojan_wm"]
 
 
 def _plan(study: str) -> dict:
