@@ -10,11 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 DEFENSE_TRIGGERS = ["badnet_grid", "blend", "trojan_wm"]
 
 
@@ -28,12 +25,10 @@ def _plan(study: str) -> dict:
     if study == "bench":  # abd bench --seeds 3 --out results/bench
         return plan_demo(DemoConfig(seeds=3), "results/bench")
     if study.startswith("grid_defenses/"):  # abd grid --config results/grid_defenses/grid3.yaml --trigger T ...
-        trigger = study.split("/")[1]
-        given = yaml.safe_load((ROOT / "results/grid_defenses/grid3.yaml").read_text())
-        return plan_grid(GridConfig(**{**given, "trigger": trigger}), f"results/{study}")
+        return plan_grid(GridConfig.load(ROOT / "results/grid_defenses/grid3.yaml", trigger=study.split("/")[1]),
+                         f"results/{study}")
     if study == "table":  # abd table --config results/table/table_config.yaml --out results/table
-        return plan_table(TableConfig(**yaml.safe_load((ROOT / "results/table/table_config.yaml").read_text())),
-                          "results/table")
+        return plan_table(TableConfig.load(ROOT / "results/table/table_config.yaml"), "results/table")
     raise ValueError(study)
 
 
@@ -43,7 +38,6 @@ def test_committed_results_are_reused_by_their_commands(study: str, monkeypatch)
     p = _plan(study)
     assert p["teachers"]["train"] == 0 and p["runs"]["reuse"] > 0
     assert p["runs"]["make"] == p["runs"]["resume"] == p["runs"]["blocked"] == 0, p["items"][:5]
-
 
 
 def test_recheck_reproduces_a_run_and_reports_a_changed_one(backdoored_teacher_dir, tmp_path) -> None:

@@ -75,7 +75,7 @@ def recheck_run(run_dir: str | Path, rounds: int = 50) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "curve.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir} holds no finished run (config.yaml and curve.jsonl)")
-    cfg = DistillConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = DistillConfig.load(run_dir / "config.yaml")
     recorded = {r["round"]: r for r in read_jsonl(run_dir / "curve.jsonl") if "acc" in r and 0 < r["round"] <= rounds}
     if not recorded:
         raise ValueError(f"{run_dir}: no evaluation within the first {rounds} rounds to compare "
